@@ -1,0 +1,148 @@
+"""The ``vardecouple`` command line.
+
+Sub-commands so far:
+
+- ``vardecouple planted``: draw a synthetic family of varieties with a planted standard
+  subspace and planted discriminating directions, run every estimator on it and print
+  how close each gets (largest principal angle, degrees). A one-minute check that the
+  method's core works on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from vardecouple import __version__
+
+
+def _planted(args: argparse.Namespace) -> int:
+    import torch
+
+    from vardecouple.subspace import ESTIMATORS, make_estimator
+    from vardecouple.synthetic import planted_varieties
+
+    torch.manual_seed(args.seed)
+    data = planted_varieties(
+        args.n,
+        args.dim,
+        args.rank,
+        n_varieties=args.varieties,
+        snr=args.snr,
+        separation=args.separation,
+        support=args.support,
+        seed=args.seed,
+    )
+    rows = []
+    for name in ESTIMATORS:
+        discriminative = name in ("variational", "mean-diff", "leace")
+        target = data.discriminating_basis if discriminative else data.standard_basis
+        rank = target.shape[1]
+        options = {"classes": "all"} if name == "variational" else {}
+        est = make_estimator(name, rank, **options)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sub = est.fit(data.states, data.labels)
+        seconds = time.perf_counter() - start
+        angle = float(sub.principal_angles(target).max())
+        rows.append(
+            {
+                "estimator": name,
+                "target": "discriminating" if discriminative else "standard",
+                "rank": sub.rank,
+                "largest_angle_deg": round(angle, 2),
+                "overlap_of_standard_states": round(sub.overlap(data.states[data.labels == 0]), 4),
+                "fit_seconds": round(seconds, 3),
+            }
+        )
+    if args.json:
+        setup = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json")}
+        json.dump({"setup": setup, "results": rows}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(
+        f"Planted family: n={args.n} states in d={args.dim}, {args.varieties} non-standard "
+        f"variet{'y' if args.varieties == 1 else 'ies'}; standard subspace rank {args.rank} at "
+        f"{args.snr:g}x the noise variance; varieties offset by {args.separation:g} noise sd."
+    )
+    print(f"{'estimator':<24}{'target':<16}{'rank':>5}{'angle°':>9}{'overlap':>9}{'fit s':>8}")
+    for r in rows:
+        print(
+            f"{r['estimator']:<24}{r['target']:<16}{r['rank']:>5}{r['largest_angle_deg']:>9.2f}"
+            f"{r['overlap_of_standard_states']:>9.3f}{r['fit_seconds']:>8.3f}"
+        )
+    print("angle° = largest principal angle to the planted subspace (0 = exact, 90 = orthogonal).")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vardecouple",
+        description=(
+            "Decouple a dominant standard variety's subspace while fine-tuning language "
+            "models on low-resource varieties (arXiv 2508.12803, made explicit)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"vardecouple {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "planted",
+        help="recover a planted subspace with every estimator (a quick self-check)",
+        description="Run every subspace estimator on a synthetic family with planted structure.",
+    )
+    p.add_argument("--n", type=_positive_int, default=2000, help="number of states (default 2000)")
+    p.add_argument("--dim", type=_positive_int, default=64, help="state dimension (default 64)")
+    p.add_argument(
+        "--rank", type=_positive_int, default=4, help="planted standard rank (default 4)"
+    )
+    p.add_argument(
+        "--varieties", type=_positive_int, default=3, help="non-standard varieties (default 3)"
+    )
+    p.add_argument(
+        "--snr", type=float, default=50.0, help="standard-subspace variance ratio (default 50)"
+    )
+    p.add_argument(
+        "--separation", type=float, default=5.0, help="variety offset in noise sd (default 5)"
+    )
+    p.add_argument(
+        "--support",
+        type=_positive_int,
+        default=None,
+        help="put the discriminating directions on this many coordinates",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_planted)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # bad input: one clear line, no traceback
+        print(f"vardecouple {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

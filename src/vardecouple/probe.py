@@ -1,0 +1,661 @@
+r"""The variational probes: ``variational`` (the paper's) and ``variational-generative``.
+
+**variational** — a sparse Bayesian linear classifier of variety labels from hidden
+states (Voita & Titov 2020, after Louizos et al. 2017 and Molchanov et al. 2017). For
+an input :math:`x \in \mathbb{R}^d` (per-dimension standardised) and ``C`` classes:
+
+.. math::
+
+    f(x) = W (x \odot z) + b, \quad
+    q(z_j) = \mathcal{N}(\mu^z_j, \sigma^{z\,2}_j), \quad
+    q(W_{cj}) = \mathcal{N}(\mu^W_{cj}, \sigma^{W\,2}_{cj}), \quad
+    q(b_c) = \mathcal{N}(\mu^b_c, \sigma^{b\,2}_c),
+
+with a log-uniform prior on each gate :math:`z_j` (one per input dimension: group
+sparsity) and :math:`\mathcal{N}(0, 1)` priors on ``W`` and ``b``. Training draws the
+gates per example and the pre-activations by local reparameterisation,
+:math:`f \sim \mathcal{N}(W^\mu (x\odot z) + b^\mu,\ (x\odot z)^2 \sigma^{W2\top} + \sigma^{b2})`,
+and minimises the negative ELBO on a batch ``B`` of the ``N`` probe states,
+
+.. math::
+
+    \mathcal{L} = \sum_{i \in B} \mathrm{CE}(y_i, f(x_i)) + \tfrac{|B|}{N}\,
+    \mathrm{KL}(q \,\|\, p),
+
+where the gate KL uses Molchanov's approximation in
+:math:`\log\alpha_j = \log\sigma^{z2}_j - \log\mu^{z2}_j`
+(:math:`-\mathrm{KL} \approx k_1\sigma(k_2 + k_3\log\alpha) - \tfrac12\log(1+\alpha^{-1}) - k_1`).
+Weight variances are clipped at 0.04. The *variational codelength* of the labels is
+:math:`(\mathbb{E}_q[\sum_i \mathrm{CE}_i] + \mathrm{KL}) / \ln 2` bits.
+
+The subspace: the posterior-mean effective weights :math:`\bar W = \mu^W \mathrm{diag}(\mu^z)`
+(gates with :math:`\log\alpha > 3` pruned to 0), mapped back to the raw state space
+(divided by the per-dimension scale), **row-centred** (softmax is blind to a shift
+shared by all rows), and ``U`` = its top-``k`` right singular vectors. ``C`` classes give
+at most ``C − 1`` directions: ``classes="standard-vs-rest"`` (two logits, the paper's
+reading) gives rank 1, ``"all"`` (``m + 1`` logits) at most ``m``.
+
+**variational-generative** — variational Bayesian PCA with ARD (Bishop 1999) on the
+standard variety's own states: :math:`x = W t + \mu + \epsilon`, :math:`t \sim
+\mathcal{N}(0, I_q)`, :math:`\epsilon \sim \mathcal{N}(0, \tau^{-1} I)`, columns
+:math:`w_i \sim \mathcal{N}(0, \alpha_i^{-1} I)`, :math:`\alpha_i, \tau` Gamma(1e-3, 1e-3);
+mean-field :math:`q(t)q(W)q(\alpha)q(\tau)`, ``μ`` the sample mean. Every update is a
+closed-form function of the discounted statistics ``(n, Σx, Σxxᵀ)``, so it is
+statistics-based (accumulate / reduce / solve, forgetting factor) with the coordinate
+ascent warm-started on ``update``. ARD drives unneeded columns to zero; ``U`` spans the
+columns it keeps (effective rank ≤ ``rank``). :meth:`GenerativeProbeEstimator.elbo` is in
+nats (a density over continuous states has no bit count without quantisation).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vardecouple.estimators import ClassMode, Moments, StatisticsEstimator, _check_classes
+from vardecouple.subspace import AllReduce, Subspace, SubspaceEstimator
+
+__all__ = ["GatedBayesianLinear", "GenerativeProbeEstimator", "VariationalProbeEstimator"]
+
+_K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
+_LN2 = math.log(2.0)
+
+
+class GatedBayesianLinear(nn.Module):
+    """Linear layer with Gaussian weights and a log-uniform-prior gate per input dimension."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        max_var: float = 0.04,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        d, c = in_features, out_features
+
+        def rnd(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=generator)
+
+        self.max_var = max_var
+        self.z_mu = nn.Parameter(1.0 + 1e-2 * rnd(d))
+        self.z_logvar = nn.Parameter(-9.0 + 1e-2 * rnd(d))
+        self.w_mu = nn.Parameter(rnd(c, d) / math.sqrt(d))
+        self.w_logvar = nn.Parameter(-9.0 + 1e-2 * rnd(c, d))
+        self.b_mu = nn.Parameter(torch.zeros(c))
+        self.b_logvar = nn.Parameter(-9.0 + 1e-2 * rnd(c))
+
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> Tensor:
+        if not sample:
+            return (x * self.z_mu) @ self.w_mu.T + self.b_mu
+        eps_z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        xz = x * (self.z_mu + (0.5 * self.z_logvar).exp() * eps_z)
+        mean = xz @ self.w_mu.T + self.b_mu
+        var = xz.square() @ self.w_logvar.exp().T + self.b_logvar.exp()
+        eps = torch.randn(mean.shape, generator=generator, dtype=x.dtype)
+        return mean + var.sqrt() * eps
+
+    def log_alpha(self) -> Tensor:
+        """Per-dimension log dropout rate of the gates; large = pruned."""
+        return self.z_logvar - torch.log(self.z_mu.square() + 1e-8)
+
+    def kl(self) -> Tensor:
+        """KL(q ‖ p) in nats: gates (Molchanov approximation) + weights + bias (vs N(0, 1))."""
+        la = self.log_alpha()
+        kl_z = -(_K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * nn.functional.softplus(-la) - _K1)
+
+        def gauss(mu: Tensor, logvar: Tensor) -> Tensor:
+            return 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar)
+
+        return (
+            kl_z.sum()
+            + gauss(self.w_mu, self.w_logvar).sum()
+            + gauss(self.b_mu, self.b_logvar).sum()
+        )
+
+    @torch.no_grad()
+    def clip_variances(self) -> None:
+        bound = math.log(self.max_var)
+        self.w_logvar.clamp_(max=bound)
+        self.b_logvar.clamp_(max=bound)
+
+
+class VariationalProbeEstimator(SubspaceEstimator):
+    """The paper's probe: see the module docstring for the model and the subspace.
+
+    Args:
+        rank: subspace dimension ``k`` (capped at ``C − 1`` with a warning).
+        classes: ``"standard-vs-rest"`` (two logits) or ``"all"`` (one per variety).
+        fit_epochs / update_epochs: passes over the probe states for ``fit`` (from a
+            fresh initialisation) and ``update`` (warm start, optimizer state kept).
+        batch_size, lr: Adam minibatch size and learning rate.
+        prune_threshold: gates with ``log α`` above it count as pruned.
+        standardize: z-score each input dimension with discounted running statistics.
+        forgetting: weight of old standardisation/centre statistics at each update.
+        max_var: clip of the weight variances (Voita & Titov's 0.04).
+        mc_samples: posterior samples for the expected data cost of the codelength.
+        revive_pruned / revive_z / revive_log_alpha: on ``update``, re-open the pruned
+            gates whose score statistic exceeds ``revive_z``, at ``log α =
+            revive_log_alpha``, so the support can follow the model
+            (``_revive_pruned_gates``).
+        num_classes: number of label values, inferred when ``None``.
+        seed: initialisation, shuffling and sampling are reproducible from it.
+        all_reduce: sums gradients and statistics across processes.
+    """
+
+    name = "variational"
+    needs_labels = True
+
+    def __init__(
+        self,
+        rank: int,
+        *,
+        classes: ClassMode = "standard-vs-rest",
+        fit_epochs: int = 40,
+        update_epochs: int = 3,
+        batch_size: int = 256,
+        lr: float = 0.02,
+        prune_threshold: float = 3.0,
+        standardize: bool = True,
+        forgetting: float = 0.5,
+        max_var: float = 0.04,
+        mc_samples: int = 8,
+        revive_pruned: bool = True,
+        revive_z: float = 4.0,
+        revive_log_alpha: float = -3.0,
+        num_classes: int | None = None,
+        seed: int = 0,
+        all_reduce: AllReduce | None = None,
+    ) -> None:
+        super().__init__(rank, all_reduce=all_reduce)
+        _check_classes(self.name, classes)
+        for key, value in (
+            ("fit_epochs", fit_epochs),
+            ("update_epochs", update_epochs),
+            ("batch_size", batch_size),
+            ("mc_samples", mc_samples),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"{self.name}: {key} must be >= 1, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"{self.name}: lr must be > 0, got {lr!r}")
+        if not 0.0 <= forgetting <= 1.0:
+            raise ValueError(f"{self.name}: forgetting must lie in [0, 1], got {forgetting!r}")
+        self.classes = classes
+        self.fit_epochs, self.update_epochs = int(fit_epochs), int(update_epochs)
+        self.batch_size, self.lr = int(batch_size), float(lr)
+        self.prune_threshold, self.standardize = float(prune_threshold), bool(standardize)
+        self.forgetting, self.max_var, self.mc_samples = (
+            float(forgetting),
+            float(max_var),
+            int(mc_samples),
+        )
+        self.revive_pruned, self.revive_z = bool(revive_pruned), float(revive_z)
+        self.revive_log_alpha = float(revive_log_alpha)
+        self.revived = 0
+        self.num_classes, self.seed = num_classes, int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.layer: GatedBayesianLinear | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stats: Moments | None = None  # per-class counts/sums; outer = None
+        self.sq: Tensor | None = None  # Σ x² per dimension (discounted)
+        self._warned_rank = False
+
+    # -- data ------------------------------------------------------------------
+    def _targets(self, labels: Tensor) -> Tensor:
+        return (labels != 0).long() if self.classes == "standard-vs-rest" else labels
+
+    def _num_logits(self, labels: Tensor) -> int:
+        if self.classes == "standard-vs-rest":
+            return 2
+        c = self.num_classes if self.num_classes is not None else int(labels.max().item()) + 1
+        return max(c, 2)
+
+    def _accumulate_stats(self, x: Tensor, y: Tensor) -> tuple[Moments, Tensor]:
+        c = max(int(y.max().item()) + 1, self.num_classes or 0)
+        x64 = x.to(torch.float64)
+        onehot = nn.functional.one_hot(y, c).to(torch.float64)
+        m = Moments(onehot.sum(0), onehot.T @ x64, None)
+        sq = x64.square().sum(0)
+        self._reduce([*m.tensors(), sq])
+        return m, sq
+
+    def _scale(self) -> tuple[Tensor, Tensor]:
+        """Per-dimension (mean, std) of the discounted statistics (identity if off)."""
+        assert self.stats is not None and self.sq is not None
+        d = self.stats.sums.shape[1]
+        if not self.standardize:
+            return torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
+        n = self.stats.counts.sum()
+        mean = self.stats.sums.sum(0) / n
+        var = (self.sq / n - mean.square()).clamp(min=0.0)
+        std = var.sqrt()
+        std = torch.where(std > 1e-6 * std.max().clamp(min=1e-30), std, torch.ones_like(std))
+        return mean, std
+
+    def _inputs(self, states: Tensor) -> Tensor:
+        mean, std = self._scale()
+        return ((states.to(torch.float64) - mean) / std).to(torch.float32)
+
+    # -- accumulate / reduce / solve -------------------------------------------
+    def _train(self, x: Tensor, t: Tensor, epochs: int) -> None:
+        """Minibatch ELBO steps: accumulate (backward), reduce (all-reduce grads), step."""
+        assert self.layer is not None and self.optimizer is not None
+        n_local = torch.tensor(float(x.shape[0]), dtype=torch.float64)
+        self._reduce([n_local])
+        n_total = float(n_local.item())
+        params = list(self.layer.parameters())
+        steps = 0
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=self.generator)
+            for start in range(0, x.shape[0], self.batch_size):
+                idx = order[start : start + self.batch_size]
+                self.optimizer.zero_grad(set_to_none=False)
+                logits = self.layer(x[idx], generator=self.generator)
+                loss = nn.functional.cross_entropy(logits, t[idx], reduction="sum")
+                loss = loss + (idx.numel() / n_total) * self.layer.kl()
+                loss.backward()  # accumulate
+                self._reduce([p.grad for p in params if p.grad is not None])  # reduce
+                self.optimizer.step()  # solve (one step of it)
+                self.layer.clip_variances()
+                steps += 1
+        self.last_iterations = steps
+
+    def _solve(self) -> Subspace:
+        assert self.layer is not None and self.stats is not None
+        with torch.no_grad():
+            keep = (self.layer.log_alpha() < self.prune_threshold).to(torch.float64)
+            w = self.layer.w_mu.to(torch.float64) * (self.layer.z_mu.to(torch.float64) * keep)
+            _, std = self._scale()
+            w = w / std  # the same linear functionals in raw state coordinates
+            w = w - w.mean(0, keepdim=True)  # row-centre: softmax ignores shared shifts
+            _, s, vh = torch.linalg.svd(w, full_matrices=False)
+        available = int((s > 1e-12 * s[0].clamp(min=1e-300)).sum().item()) if s.numel() else 0
+        available = min(available, w.shape[0] - 1)
+        if available < 1:
+            raise ValueError(f"{self.name}: every gate was pruned; the probe found no direction")
+        k = self.rank
+        if k > available:
+            if not self._warned_rank:
+                import warnings
+
+                warnings.warn(
+                    f"{self.name}: rank {self.rank} capped at {available} (a probe with "
+                    f"{w.shape[0]} logits identifies at most {w.shape[0] - 1} direction(s))",
+                    stacklevel=3,
+                )
+                self._warned_rank = True
+            k = available
+        center = self.stats.class_balanced_mean()
+        return Subspace(vh[:k].T.to(torch.float32), center.to(torch.float32))
+
+    # -- public API ------------------------------------------------------------
+    def fit(self, states: Tensor, labels: Tensor | None = None) -> Subspace:
+        x, y = self._validate(states, labels)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.stats, self.sq = self._accumulate_stats(x, y)
+        self.layer = GatedBayesianLinear(
+            x.shape[1], self._num_logits(y), max_var=self.max_var, generator=self.generator
+        )
+        self.optimizer = torch.optim.Adam(self.layer.parameters(), lr=self.lr, betas=(0.9, 0.99))
+        self._train(self._inputs(x), self._targets(y), self.fit_epochs)
+        self.subspace = self._solve()
+        return self.subspace
+
+    def update(self, states: Tensor, labels: Tensor | None = None) -> Subspace:
+        if self.layer is None:
+            return self.fit(states, labels)
+        x, y = self._validate(states, labels)
+        if x.shape[1] != self.layer.z_mu.shape[0]:
+            raise ValueError(
+                f"{self.name}: states have dim {x.shape[1]}, the probe {self.layer.z_mu.shape[0]}"
+            )
+        if self.classes == "all" and int(y.max().item()) >= self.layer.w_mu.shape[0]:
+            raise ValueError(f"{self.name}: label {int(y.max().item())} unseen at fit time")
+        assert self.stats is not None and self.sq is not None
+        new, sq = self._accumulate_stats(x, y)
+        self.stats = self.stats.discounted_sum(self.forgetting, new)
+        self.sq = self.forgetting * self.sq + sq
+        inputs, targets = self._inputs(x), self._targets(y)
+        self.revived = self._revive_pruned_gates(inputs, targets) if self.revive_pruned else 0
+        self._train(inputs, targets, self.update_epochs)
+        self.subspace = self._solve()
+        return self.subspace
+
+    @torch.no_grad()
+    def _revive_pruned_gates(self, x: Tensor, t: Tensor) -> int:
+        """Re-open the pruned gates that a score test says the current states need.
+
+        A dead gate (``μ_z → 0``) cannot come back by itself, so without this an online
+        probe stays in the support of the model it was first fitted on. For each pruned
+        dimension ``j`` the score (the gradient of the summed CE with respect to a new
+        weight on ``j``), ``g_jc = Σ_i (p_ic − t_ic) x_ij``, is compared with its null
+        standard deviation ``sqrt(Σ_i p_ic (1 − p_ic) x_ij²)``; where some class's
+        ``|g| / sd`` exceeds ``revive_z`` the gate re-opens at ``log α = revive_log_alpha``
+        with zero weights and fresh Adam moments. Returns the number revived.
+        """
+        assert self.layer is not None and self.optimizer is not None
+        layer = self.layer
+        dead = layer.log_alpha() >= self.prune_threshold
+        if not bool(dead.any()):
+            return 0
+        probs = torch.softmax(layer(x, sample=False), dim=-1)
+        resid = probs - nn.functional.one_hot(t, probs.shape[1]).to(probs.dtype)
+        xd = x[:, dead]
+        score = resid.T @ xd  # (C, dead)
+        sd = ((probs * (1 - probs)).T @ xd.square()).sqrt().clamp(min=1e-12)
+        self._reduce([score, sd])  # sums of per-process scores; sd² sums approximately
+        wake = (score.abs() / sd).amax(0) > self.revive_z
+        idx = dead.nonzero().flatten()[wake]
+        if idx.numel() == 0:
+            return 0
+        layer.z_mu[idx] = 1.0
+        layer.z_logvar[idx] = self.revive_log_alpha
+        layer.w_mu[:, idx] = 0.0
+        layer.w_logvar[:, idx] = -9.0
+        for param in (layer.z_mu, layer.z_logvar, layer.w_mu, layer.w_logvar):
+            for buf in self.optimizer.state.get(param, {}).values():
+                if isinstance(buf, Tensor) and buf.shape == param.shape:
+                    buf[..., idx] = 0.0
+        return int(idx.numel())
+
+    def kl(self) -> float:
+        """KL(q ‖ p) of the current posterior, in nats (the model part of the code)."""
+        self._require_fitted()
+        assert self.layer is not None
+        with torch.no_grad():
+            return float(self.layer.kl().item())
+
+    def gate_log_alpha(self) -> Tensor:
+        """``log α`` per input dimension (pruned where above ``prune_threshold``)."""
+        self._require_fitted()
+        assert self.layer is not None
+        return self.layer.log_alpha().detach().clone()
+
+    def kept_dimensions(self) -> Tensor:
+        """Indices of the input dimensions whose gates survive."""
+        return (self.gate_log_alpha() < self.prune_threshold).nonzero().flatten()
+
+    def codelength(self, states: Tensor, labels: Tensor) -> dict[str, float]:
+        """The variational code of ``labels`` given ``states``, in bits.
+
+        ``data_bits`` = E_q[Σ CE] (Monte Carlo over ``mc_samples`` posterior draws, from a
+        fixed seed), ``model_bits`` = KL(q ‖ p); ``uniform_bits`` = N · H(label prior)
+        (the code of a model that knows only the class frequencies) and ``compression`` =
+        uniform_bits / (data_bits + model_bits).
+        """
+        self._require_fitted()
+        assert self.layer is not None
+        x, y = self._validate(states, labels)
+        t = self._targets(y)
+        if int(t.max().item()) >= self.layer.w_mu.shape[0]:
+            raise ValueError(f"{self.name}: label {int(y.max().item())} unseen at fit time")
+        inputs = self._inputs(x)
+        g = torch.Generator().manual_seed(self.seed + 1)
+        with torch.no_grad():
+            data = (
+                sum(
+                    nn.functional.cross_entropy(
+                        self.layer(inputs, generator=g), t, reduction="sum"
+                    ).item()
+                    for _ in range(self.mc_samples)
+                )
+                / self.mc_samples
+            )
+            model = float(self.layer.kl().item())
+            p = torch.bincount(t).to(torch.float64) / t.numel()
+            p = p[p > 0]
+            uniform = -float((p * p.log2()).sum().item()) * t.numel()
+        total = (data + model) / _LN2
+        return {
+            "data_bits": data / _LN2,
+            "model_bits": model / _LN2,
+            "total_bits": total,
+            "uniform_bits": uniform,
+            "compression": uniform / total if total > 0 else float("inf"),
+        }
+
+    def description_length(self, states: Tensor, labels: Tensor) -> float:
+        """Variational codelength of ``labels`` (bits): data cost + model cost."""
+        return self.codelength(states, labels)["total_bits"]
+
+    def _require_fitted(self) -> None:
+        if self.layer is None:
+            raise ValueError(f"{self.name}: call fit() first")
+
+    # -- checkpoints ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "name": self.name,
+            "rank": self.rank,
+            "generator": self.generator.get_state(),
+        }
+        if self.layer is not None and self.optimizer is not None:
+            assert self.stats is not None and self.sq is not None
+            state["layer"] = {k: v.detach().clone() for k, v in self.layer.state_dict().items()}
+            # deep copies: Adam's state_dict() and load_state_dict() share tensors with
+            # the live optimizer, which would let later steps rewrite a saved state
+            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+            state["stats"] = self.stats.state_dict()
+            state["sq"] = self.sq.clone()
+        if self.subspace is not None:
+            state["subspace"] = self.subspace.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name or state.get("rank") != self.rank:
+            raise ValueError(
+                f"{self.name}: state is for estimator {state.get('name')!r} with rank "
+                f"{state.get('rank')!r}, expected {self.name!r} with rank {self.rank}"
+            )
+        self.generator.set_state(state["generator"])
+        if "layer" in state:
+            c, d = state["layer"]["w_mu"].shape
+            self.layer = GatedBayesianLinear(d, c, max_var=self.max_var)
+            self.layer.load_state_dict(state["layer"])
+            self.optimizer = torch.optim.Adam(
+                self.layer.parameters(), lr=self.lr, betas=(0.9, 0.99)
+            )
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+            self.stats = Moments.from_state_dict(state["stats"])
+            self.sq = state["sq"].clone()
+        self.subspace = Subspace.from_state_dict(state["subspace"]) if "subspace" in state else None
+
+
+class GenerativeProbeEstimator(StatisticsEstimator):
+    """Variational Bayesian PCA with ARD on the standard variety (module docstring).
+
+    Args:
+        rank: the cap ``q`` on the number of loading columns.
+        fit_iters / update_iters: maximum coordinate-ascent sweeps for ``fit`` (from a
+            PCA initialisation) and ``update`` (warm start).
+        tol: stop when the ELBO's relative change falls below it.
+        prune_tol: a column is kept while ‖w_i‖² > prune_tol · σ² (σ² the noise variance).
+        prior: shape = rate of the Gamma priors on α and τ.
+        forgetting, num_classes, all_reduce: as for every statistics estimator.
+    """
+
+    name = "variational-generative"
+    outer_rows = "standard"
+
+    def __init__(
+        self,
+        rank: int,
+        *,
+        fit_iters: int = 500,
+        update_iters: int = 25,
+        tol: float = 1e-8,
+        prune_tol: float = 1e-2,
+        prior: float = 1e-3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rank, **kwargs)
+        if int(fit_iters) < 1 or int(update_iters) < 1:
+            raise ValueError(f"{self.name}: fit_iters and update_iters must be >= 1")
+        self.fit_iters, self.update_iters = int(fit_iters), int(update_iters)
+        self.tol, self.prune_tol, self.prior = float(tol), float(prune_tol), float(prior)
+        self.posterior: dict[str, Tensor] | None = None  # M, SW, alpha, tau
+        self._elbo = float("nan")
+
+    def fit(self, states: Tensor, labels: Tensor | None = None) -> Subspace:
+        self.posterior = None
+        return super().fit(states, labels)
+
+    def solve(self, moments: Moments) -> Subspace:
+        self._require_standard(moments)
+        assert moments.outer is not None
+        n = moments.counts[0]
+        mean = moments.sums[0] / n
+        scatter = moments.outer - n * torch.outer(mean, mean)
+        scatter = (scatter + scatter.T) / 2
+        d = scatter.shape[0]
+        warm = self.posterior is not None and self.posterior["M"].shape[0] == d
+        if not warm:
+            self.posterior = self._initial_posterior(scatter / n)
+        self._coordinate_ascent(scatter, n, self.update_iters if warm else self.fit_iters)
+        return self._subspace(mean)
+
+    def _initial_posterior(self, cov: Tensor) -> dict[str, Tensor]:
+        d, q = cov.shape[0], self.rank
+        vals, vecs = torch.linalg.eigh(cov)
+        vals, vecs = vals.flip(0), vecs.flip(1)
+        rest = vals[q:]
+        sigma2 = (
+            rest.mean().clamp(min=1e-12 * vals[0].clamp(min=1e-30))
+            if rest.numel()
+            else vals[-1] / 10
+        )
+        m = vecs[:, :q] * (vals[:q] - sigma2).clamp(min=1e-6 * sigma2).sqrt()
+        col = m.square().sum(0)
+        return {
+            "M": m,
+            "SW": torch.zeros(q, q, dtype=cov.dtype),
+            "alpha": d / col,
+            "tau": 1.0 / sigma2.reshape(()),
+        }
+
+    def _coordinate_ascent(self, scatter: Tensor, n: Tensor, max_iters: int) -> int:
+        """Bishop's (1999) variational updates on the scatter matrix; returns sweeps done."""
+        assert self.posterior is not None
+        p = self.posterior
+        m, sw, alpha, tau = p["M"], p["SW"], p["alpha"], p["tau"]
+        d, q = m.shape
+        eye = torch.eye(q, dtype=m.dtype)
+        a0 = b0 = self.prior
+        trace_c = torch.trace(scatter)
+        previous = -math.inf
+        done = 0
+        for done in range(1, max_iters + 1):  # noqa: B007
+            ewtw = m.T @ m + d * sw
+            sz = torch.linalg.inv(eye + tau * ewtw)  # q(t) covariance
+            a = tau * sz @ m.T  # E[t_n] = A (x_n − μ)
+            ca = scatter @ a.T  # (d, q)
+            ezz = n * sz + a @ ca  # Σ_n E[t tᵀ]
+            ezx = ca.T  # Σ_n E[t](x − μ)ᵀ
+            sw = torch.linalg.inv(torch.diag(alpha) + tau * ezz)  # q(W) row covariance
+            m = tau * ezx.T @ sw
+            wnorm = m.square().sum(0) + d * torch.diagonal(sw)
+            a_alpha, b_alpha = a0 + d / 2, b0 + wnorm / 2
+            alpha = a_alpha / b_alpha
+            ewtw = m.T @ m + d * sw
+            resid = trace_c - 2 * torch.trace(m @ ezx) + torch.trace(ewtw @ ezz)
+            a_tau, b_tau = a0 + n * d / 2, b0 + resid.clamp(min=0) / 2
+            tau = a_tau / b_tau
+            elbo = self._elbo_terms(n, d, q, sz, sw, m, ezz, resid, a_alpha, b_alpha, a_tau, b_tau)
+            if abs(elbo - previous) <= self.tol * abs(elbo):
+                break
+            previous = elbo
+        self.posterior = {"M": m, "SW": sw, "alpha": alpha, "tau": tau}
+        self._elbo = elbo
+        self.last_iterations = done
+        return done
+
+    def _elbo_terms(
+        self,
+        n: Tensor,
+        d: int,
+        q: int,
+        sz: Tensor,
+        sw: Tensor,
+        m: Tensor,
+        ezz: Tensor,
+        resid: Tensor,
+        a_alpha: float,
+        b_alpha: Tensor,
+        a_tau: Tensor,
+        b_tau: Tensor,
+    ) -> float:
+        log2pi = math.log(2 * math.pi)
+        a0 = b0 = self.prior
+        e_log_tau = torch.digamma(a_tau) - torch.log(b_tau)
+        e_tau = a_tau / b_tau
+        lik = n * d / 2 * (e_log_tau - log2pi) - e_tau * resid / 2
+        kl_t = 0.5 * (torch.trace(ezz) - n * q - n * torch.logdet(sz))
+        a_alpha_t = torch.tensor(a_alpha, dtype=m.dtype)
+        e_log_alpha = torch.digamma(a_alpha_t) - torch.log(b_alpha)
+        e_alpha = a_alpha / b_alpha
+        wnorm = m.square().sum(0) + d * torch.diagonal(sw)
+        prior_w = (d / 2 * (e_log_alpha - log2pi) - e_alpha * wnorm / 2).sum()
+        entropy_w = d * (q / 2 * (1 + log2pi) + 0.5 * torch.logdet(sw))
+
+        def kl_gamma(aq: Tensor, bq: Tensor) -> Tensor:
+            return (
+                (aq - a0) * torch.digamma(aq)
+                - torch.lgamma(aq)
+                + math.lgamma(a0)
+                + a0 * (torch.log(bq) - math.log(b0))
+                + aq * (b0 - bq) / bq
+            )
+
+        kl_alpha = kl_gamma(a_alpha_t.expand_as(b_alpha), b_alpha).sum()
+        kl_tau = kl_gamma(a_tau, b_tau)
+        return float((lik - kl_t + prior_w + entropy_w - kl_alpha - kl_tau).item())
+
+    def _subspace(self, mean: Tensor) -> Subspace:
+        assert self.posterior is not None
+        m, tau = self.posterior["M"], self.posterior["tau"]
+        keep = m.square().sum(0) > self.prune_tol / tau
+        if not bool(keep.any()):
+            raise ValueError(f"{self.name}: ARD pruned every column; no structure above the noise")
+        basis = Subspace.from_vectors(m[:, keep]).basis
+        return Subspace(basis.to(torch.float32), mean.to(torch.float32))
+
+    @property
+    def effective_rank(self) -> int:
+        """Number of loading columns ARD keeps (the rank of the last subspace)."""
+        if self.subspace is None:
+            raise ValueError(f"{self.name}: call fit() first")
+        return self.subspace.rank
+
+    def elbo(self) -> float:
+        """The evidence lower bound of the last solve, in nats (μ at the sample mean)."""
+        if self.posterior is None:
+            raise ValueError(f"{self.name}: call fit() first")
+        return self._elbo
+
+    def noise_variance(self) -> float:
+        """Posterior-mean isotropic noise variance ``1 / E[τ]``."""
+        if self.posterior is None:
+            raise ValueError(f"{self.name}: call fit() first")
+        return float(1.0 / self.posterior["tau"].item())
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.posterior is not None:
+            state["posterior"] = {k: v.clone() for k, v in self.posterior.items()}
+            state["elbo"] = self._elbo
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.posterior = (
+            {k: v.clone() for k, v in state["posterior"].items()} if "posterior" in state else None
+        )
+        self._elbo = float(state.get("elbo", float("nan")))
