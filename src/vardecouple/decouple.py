@@ -18,18 +18,40 @@ with the per-token term ``φ`` one of
   :math:`\lVert U^\top (h - c) \rVert^2 / (\lVert h - c \rVert^2 + \varepsilon)`.
 
 ``U`` and ``c`` are constants between refreshes: no gradient reaches them.
+
+:class:`OnlineDecoupler` keeps ``U`` current. Every ``refresh_every`` optimizer steps
+(and at step 0, on the base model) it runs the held-out *probe set* — labelled sentences
+(0 = standard, 1..m = the other varieties), never training targets — through the
+current model without gradients, and updates one estimator per layer (warm start or
+discounted statistics, never a refit). Step 0 also fits the frozen *reference*
+subspace ``U₀`` (the same reference estimator for every arm), the common yardstick of
+DESIGN §3. A quarter of the probe sentences (``measure_fraction``) is never fitted on:
+it measures, per layer and variety, the overlap
+``Σ‖Uᵀ(h−c)‖² / Σ‖h−c‖²`` with the current ``U`` ("own") and with ``U₀`` ("reference").
+Every arm runs the refreshes; arms without a penalty (``penalize=False``) only log.
+With several layers the penalty is their mean, so λ means the same for any number.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from vardecouple.subspace import Subspace
+from vardecouple.subspace import Subspace, make_estimator
 
-__all__ = ["PENALTY_FORMS", "PenaltyForm", "projection_penalty"]
+__all__ = [
+    "PENALTY_FORMS",
+    "DecouplerConfig",
+    "OnlineDecoupler",
+    "PenaltyForm",
+    "projection_penalty",
+]
+TokenRule = Literal["all", "target", "low-resource"]
 
 PenaltyForm = Literal["norm", "squared", "fraction"]
 PENALTY_FORMS: tuple[str, ...] = ("norm", "squared", "fraction")
@@ -90,3 +112,194 @@ def projection_penalty(
     weights = mask.to(device=hidden.device, dtype=dtype)
     # A masked sum (no boolean indexing): no host sync on accelerators; 0 when empty.
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+class ProbeSentence(Protocol):
+    text: str
+    variety: str
+    label: int
+
+
+@dataclass
+class DecouplerConfig:
+    """Every choice the paper left open, explicit (defaults = the paper's reading).
+
+    ``tokens``: ``"all"`` non-pad tokens but the first (the paper), ``"target"`` tokens
+    only, or ``"low-resource"``: the tokens of examples whose target variety is not the
+    standard. ``layers=None`` means the middle layer ``L // 2``.
+    """
+
+    estimator: str = "variational"
+    rank: int = 1
+    estimator_options: dict[str, Any] = field(default_factory=dict)
+    reference_estimator: str = "variational"
+    reference_rank: int = 1
+    layers: tuple[int, ...] | None = None
+    refresh_every: int = 500
+    form: PenaltyForm = "norm"
+    lam: float = 0.01
+    warmup_steps: int = 0
+    tokens: TokenRule = "all"
+    penalize: bool = True
+    measure_fraction: float = 0.25
+    probe_batch_size: int = 16
+    max_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.refresh_every >= 1, f"refresh_every must be >= 1, got {self.refresh_every}"),
+            (self.lam >= 0, f"lam (λ) must be >= 0, got {self.lam}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.form in PENALTY_FORMS, f"form must be one of {PENALTY_FORMS}, got {self.form!r}"),
+            (
+                self.tokens in ("all", "target", "low-resource"),
+                f"unknown tokens rule {self.tokens!r}",
+            ),
+            (0 < self.measure_fraction < 1, "measure_fraction must lie in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"decoupler: {message}")
+
+
+class OnlineDecoupler:
+    """The online probe + penalty of the method (module docstring)."""
+
+    def __init__(
+        self, config: DecouplerConfig, probe: Sequence[ProbeSentence], num_layers: int
+    ) -> None:
+        self.config = config
+        layers = config.layers if config.layers is not None else (num_layers // 2,)
+        bad = [i for i in layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"decoupler: layers {bad} out of range 0..{num_layers - 1}")
+        self.layers = tuple(layers)
+        labels = {s.label for s in probe}
+        if 0 not in labels or len(labels) < 2:
+            raise ValueError("decoupler: the probe set needs the standard (0) and another variety")
+        # split by aligned row (``group``) where known: no translation of a measured
+        # sentence is fitted on
+        keys = sorted({getattr(s, "group", i) for i, s in enumerate(probe)})
+        random.Random(config.seed).shuffle(keys)
+        held = set(keys[: max(1, round(config.measure_fraction * len(keys)))])
+        is_held = [getattr(s, "group", i) in held for i, s in enumerate(probe)]
+        self.measure = [s for s, h in zip(probe, is_held, strict=True) if h]
+        self.fit_on = [s for s, h in zip(probe, is_held, strict=True) if not h]
+        self.estimators = {
+            i: make_estimator(config.estimator, config.rank, **config.estimator_options)
+            for i in self.layers
+        }
+        self.subspaces: dict[int, Subspace] = {}
+        self.reference: dict[int, Subspace] = {}
+        self.last_refresh: int | None = None
+
+    def lam_at(self, step: int) -> float:
+        """λ at ``step`` (0 when the arm has no penalty; linear warm-up if asked)."""
+        if not self.config.penalize:
+            return 0.0
+        warm = self.config.warmup_steps
+        return self.config.lam * (min(1.0, (step + 1) / warm) if warm else 1.0)
+
+    def due(self, step: int) -> bool:
+        return self.last_refresh is None or step - self.last_refresh >= self.config.refresh_every
+
+    def _states(self, model: nn.Module, tokenizer: Any, sentences: Sequence[ProbeSentence]):
+        from vardecouple.model import token_states
+
+        states, owner = token_states(
+            model,
+            tokenizer,
+            [s.text for s in sentences],
+            self.layers,
+            batch_size=self.config.probe_batch_size,
+            max_length=self.config.max_length,
+        )
+        labels = torch.tensor([s.label for s in sentences])[owner]
+        varieties = [sentences[int(j)].variety for j in owner]
+        return states, labels, varieties
+
+    def refresh(self, model: nn.Module, tokenizer: Any, step: int) -> dict[str, Any]:
+        """Re-estimate ``U`` per layer from the current model; returns what to log.
+
+        The model runs without gradients; gradient-based probes train on the states.
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            states, labels, _ = self._states(model, tokenizer, self.fit_on)
+            held, _, held_varieties = self._states(model, tokenizer, self.measure)
+        finally:
+            model.train(was_training)
+        first = self.last_refresh is None
+        log: dict[str, Any] = {
+            "step": step,
+            "refresh": True,
+            "overlap": {},
+            "angle_to_previous": {},
+        }
+        for i in self.layers:
+            est = self.estimators[i]
+            new = est.fit(states[i], labels) if first else est.update(states[i], labels)
+            if first:
+                ref = make_estimator(self.config.reference_estimator, self.config.reference_rank)
+                self.reference[i] = ref.fit(states[i], labels)
+            elif i in self.subspaces:
+                angle = new.principal_angles(self.subspaces[i]).max()
+                log["angle_to_previous"][str(i)] = float(angle)
+            self.subspaces[i] = new
+            per_variety = {}
+            for variety in sorted(set(held_varieties)):
+                rows = torch.tensor([v == variety for v in held_varieties])
+                per_variety[variety] = {
+                    "own": new.overlap(held[i][rows]),
+                    "reference": self.reference[i].overlap(held[i][rows]),
+                }
+            log["overlap"][str(i)] = per_variety
+        self.last_refresh = step
+        return log
+
+    def penalty(self, hidden: dict[int, Tensor], mask: Tensor) -> Tensor:
+        """Mean over the layers of :func:`projection_penalty` (unweighted by λ)."""
+        if not self.subspaces:
+            raise ValueError("decoupler: refresh() must run (at step 0) before penalty()")
+        terms = [
+            projection_penalty(hidden[i], mask, self.subspaces[i], self.config.form)
+            for i in self.layers
+        ]
+        return torch.stack(terms).mean()
+
+    def token_mask(
+        self, attention_mask: Tensor, target_mask: Tensor, low_resource: Tensor
+    ) -> Tensor:
+        """The tokens the penalty sees: ``(B, T)`` from the batch masks, first position out.
+
+        ``low_resource`` is ``(B,)``: whether each example's target variety is not the
+        standard.
+        """
+        mask = attention_mask.bool().clone()
+        mask[:, 0] = False
+        if self.config.tokens == "target":
+            mask &= target_mask.bool()
+        elif self.config.tokens == "low-resource":
+            mask &= low_resource.bool()[:, None]
+        return mask
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "estimators": {str(i): e.state_dict() for i, e in self.estimators.items()},
+            "subspaces": {str(i): s.state_dict() for i, s in self.subspaces.items()},
+            "reference": {str(i): s.state_dict() for i, s in self.reference.items()},
+            "last_refresh": self.last_refresh,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, est in self.estimators.items():
+            est.load_state_dict(state["estimators"][str(i)])
+        self.subspaces = {
+            int(i): Subspace.from_state_dict(s) for i, s in state["subspaces"].items()
+        }
+        self.reference = {
+            int(i): Subspace.from_state_dict(s) for i, s in state["reference"].items()
+        }
+        self.last_refresh = state["last_refresh"]

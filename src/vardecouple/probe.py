@@ -43,7 +43,12 @@ mean-field :math:`q(t)q(W)q(\alpha)q(\tau)`, ``μ`` the sample mean. Every updat
 closed-form function of the discounted statistics ``(n, Σx, Σxxᵀ)``, so it is
 statistics-based (accumulate / reduce / solve, forgetting factor) with the coordinate
 ascent warm-started on ``update``. ARD drives unneeded columns to zero; ``U`` spans the
-columns it keeps (effective rank ≤ ``rank``). :meth:`GenerativeProbeEstimator.elbo` is in
+columns it keeps (effective rank ≤ ``rank``). Note what the prior can and cannot do: the
+loading update is :math:`M \leftarrow \langle\tau\rangle^2 S M \Sigma_t \Sigma_W`, so
+``span(M)`` stays inside ``span(S M)`` and, from the PCA start, inside the top
+eigenspace of the scatter ``S``: whenever ARD keeps all ``q`` columns, ``U`` *is* PCA's
+subspace (BENCHMARKS.md measures exactly that). What the model adds is the rank
+(ARD), the noise level and the ELBO. :meth:`GenerativeProbeEstimator.elbo` is in
 nats (a density over continuous states has no bit count without quantisation).
 """
 

@@ -1,0 +1,112 @@
+"""OnlineDecoupler on a tiny random Llama: schedule, refresh, reference, penalty, resume."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
+from vardecouple.model import capture, load_model
+
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+@dataclass(frozen=True)
+class Sentence:
+    text: str
+    variety: str
+    label: int
+    group: int
+
+
+def _lines(folder: str, code: str, n: int) -> list[str]:
+    path = CORPORA / folder / f"{code}.txt"
+    if not path.exists():
+        pytest.fail(f"{path} missing: tests read ../shared/corpora")
+    return path.read_text(encoding="utf-8").splitlines()[:n]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    deu, nds = (
+        _lines("tatoeba-deu-nds", "deu_Latn", 120),
+        _lines("tatoeba-deu-nds", "nds_Latn", 120),
+    )
+    probe = [Sentence(t, "deu_Latn", 0, i) for i, t in enumerate(deu)]
+    probe += [Sentence(t, "nds_Latn", 1, i) for i, t in enumerate(nds)]
+    loaded = load_model("tiny-random", corpus_texts=deu + nds)
+    return loaded, probe
+
+
+def _decoupler(tiny, **kw) -> OnlineDecoupler:
+    loaded, probe = tiny
+    opts = {"estimator_options": {"fit_epochs": 5, "update_epochs": 1}}
+    return OnlineDecoupler(DecouplerConfig(**(opts | kw)), probe, loaded.num_layers)
+
+
+def test_config_is_validated() -> None:
+    for bad in ({"refresh_every": 0}, {"lam": -0.1}, {"form": "cube"}, {"tokens": "some"}):
+        with pytest.raises(ValueError, match="decoupler"):
+            DecouplerConfig(**bad)
+
+
+def test_schedule_and_lambda(tiny) -> None:
+    dec = _decoupler(tiny, refresh_every=3, warmup_steps=4, lam=0.1)
+    assert dec.layers == (2,)  # the middle of 4 layers
+    assert dec.due(0)
+    dec.last_refresh = 0
+    assert [dec.due(s) for s in range(1, 7)] == [False, False, True, True, True, True]
+    assert dec.lam_at(0) == pytest.approx(0.025) and dec.lam_at(3) == pytest.approx(0.1)
+    assert _decoupler(tiny, penalize=False).lam_at(10) == 0.0
+    held = {s.group for s in dec.measure}
+    assert held and not held & {s.group for s in dec.fit_on}  # split by aligned row
+
+
+def test_refresh_logs_overlap_and_penalty_has_gradients(tiny) -> None:
+    loaded, _ = tiny
+    dec = _decoupler(tiny, layers=(1, 3))
+    log = dec.refresh(loaded.model, loaded.tokenizer, step=0)
+    assert set(dec.subspaces) == set(dec.reference) == {1, 3}
+    for layer in ("1", "3"):
+        for variety in ("deu_Latn", "nds_Latn"):
+            values = log["overlap"][layer][variety]
+            assert 0.0 <= values["own"] <= 1.0 and 0.0 <= values["reference"] <= 1.0
+    enc = loaded.tokenizer(["Dat is good.", "Das ist gut so."], return_tensors="pt", padding=True)
+    loaded.model.train()
+    with capture(loaded.model, dec.layers) as hidden:
+        loaded.model(**enc)
+    mask = dec.token_mask(enc["attention_mask"], enc["attention_mask"], torch.tensor([True, False]))
+    value = dec.penalty(hidden, mask)
+    value.backward()
+    assert torch.isfinite(value) and value > 0
+    grads = [p.grad for p in loaded.model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    loaded.model.zero_grad()
+    log2 = dec.refresh(loaded.model, loaded.tokenizer, step=5)
+    assert set(log2["angle_to_previous"]) == {"1", "3"}
+
+
+def test_token_rules(tiny) -> None:
+    att = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    tgt = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
+    low = torch.tensor([False, True])
+    m_all = _decoupler(tiny, tokens="all").token_mask(att, tgt, low)
+    assert m_all.tolist() == [[False, True, True, False], [False, True, True, True]]
+    m_tgt = _decoupler(tiny, tokens="target").token_mask(att, tgt, low)
+    assert m_tgt.tolist() == [[False, True, True, False], [False, False, True, True]]
+    m_low = _decoupler(tiny, tokens="low-resource").token_mask(att, tgt, low)
+    assert m_low.tolist() == [[False] * 4, [False, True, True, True]]
+
+
+def test_state_dict_round_trip(tiny) -> None:
+    loaded, _ = tiny
+    a = _decoupler(tiny)
+    a.refresh(loaded.model, loaded.tokenizer, step=0)
+    b = _decoupler(tiny)
+    b.load_state_dict(a.state_dict())
+    assert b.last_refresh == 0
+    torch.testing.assert_close(b.subspaces[2].basis, a.subspaces[2].basis)
+    la = a.refresh(loaded.model, loaded.tokenizer, step=7)
+    lb = b.refresh(loaded.model, loaded.tokenizer, step=7)
+    assert la == lb
