@@ -180,10 +180,11 @@ class OnlineDecoupler:
             raise ValueError("decoupler: the probe set needs the standard (0) and another variety")
         # split by aligned row (``group``) where known: no translation of a measured
         # sentence is fitted on
-        keys = sorted({getattr(s, "group", i) for i, s in enumerate(probe)})
+        key = [g if (g := getattr(s, "group", -1)) >= 0 else -1 - i for i, s in enumerate(probe)]
+        keys = sorted(set(key))
         random.Random(config.seed).shuffle(keys)
         held = set(keys[: max(1, round(config.measure_fraction * len(keys)))])
-        is_held = [getattr(s, "group", i) in held for i, s in enumerate(probe)]
+        is_held = [k in held for k in key]
         self.measure = [s for s, h in zip(probe, is_held, strict=True) if h]
         self.fit_on = [s for s, h in zip(probe, is_held, strict=True) if not h]
         self.estimators = {

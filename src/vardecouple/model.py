@@ -178,8 +178,13 @@ def add_lora(
     alpha: int = 32,
     dropout: float = 0.0,
     target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    seed: int = 0,
 ) -> Any:
-    """Wrap ``loaded.model`` with LoRA adapters (peft); only the adapters train."""
+    """Wrap ``loaded.model`` with LoRA adapters (peft); only the adapters train.
+
+    The adapters' random initialisation comes from ``seed`` (the global RNG is left as
+    it was), so arms that share a seed start from identical weights.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -189,7 +194,9 @@ def add_lora(
         target_modules=list(target_modules),
         task_type="CAUSAL_LM",
     )
-    loaded.model = get_peft_model(loaded.model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaded.model = get_peft_model(loaded.model, config)
     return loaded.model
 
 
