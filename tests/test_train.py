@@ -115,3 +115,83 @@ def test_decoupling_lowers_overlap_with_the_frozen_reference_in_every_seed(setup
             final[arm].append(last["overlap"]["2"]["nds_Latn"]["reference"])
     assert max(final["decoupled"]) < min(final["standard"]), final
     assert min(final["random"]) > max(final["decoupled"]), final
+
+
+def test_resume_after_a_crash_is_exact(setup, tmp_path, monkeypatch) -> None:
+    import vardecouple.train as train_module
+    from vardecouple.checkpoint import trainable_state
+
+    splits, texts = setup
+
+    def prepared(seed: int = 0):
+        loaded = load_model("tiny-random", corpus_texts=texts)
+        add_lora(loaded, r=8, alpha=16, seed=seed)
+        feats = []
+        for ex in splits.train[:400]:
+            f = tokenize_example(loaded.tokenizer, *format_example(ex), max_length=64)
+            f["low_resource"] = ex.tgt != "deu_Latn"
+            feats.append(f)
+        dec = OnlineDecoupler(
+            DecouplerConfig(
+                refresh_every=7, lam=1.0, estimator_options={"fit_epochs": 3, "update_epochs": 1}
+            ),
+            splits.probe,
+            loaded.num_layers,
+        )
+        return loaded, feats, dec
+
+    config = TrainConfig(steps=20, batch_size=4, lr=2e-3, checkpoint_every=6, seed=1)
+    loaded, feats, dec = prepared()
+    train(loaded.model, loaded.tokenizer, feats, dec, config, tmp_path / "whole", progress=False)
+    whole = trainable_state(loaded.model)
+
+    loaded, feats, dec = prepared()
+    real_loss, calls = train_module.supervised_loss, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 15:  # after the checkpoint at 12, before the one at 18
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "supervised_loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(loaded.model, loaded.tokenizer, feats, dec, config, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(train_module, "supervised_loss", real_loss)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(loaded.model, loaded.tokenizer, feats, dec, config, tmp_path / "cut", progress=False)
+    loaded, feats, dec = prepared()
+    train(
+        loaded.model,
+        loaded.tokenizer,
+        feats,
+        dec,
+        config,
+        tmp_path / "cut",
+        progress=False,
+        resume=True,
+    )
+    resumed = trainable_state(loaded.model)
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+
+    def records(folder: str) -> list[dict]:
+        lines = (tmp_path / folder / "train_log.jsonl").read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("seconds", "tokens_per_s")}
+            for x in lines
+        ]
+
+    assert records("whole") == records("cut")
+    with pytest.raises(FileExistsError, match="finished"):
+        train(
+            loaded.model,
+            loaded.tokenizer,
+            feats,
+            dec,
+            config,
+            tmp_path / "cut",
+            progress=False,
+            resume=True,
+        )

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from vardecouple.checkpoint import load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.model import _decoder_body, capture
 
@@ -131,6 +132,23 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
     return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
 
 
+def _truncate_log(path: Path, next_step: int) -> None:
+    """Drop log records of steps at or after ``next_step`` (they will be redone)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if record.get("step", 0) < next_step:
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -149,13 +167,23 @@ def train(
     out_dir: str | Path,
     *,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` (already LoRA-wrapped: only adapters require grad) on the
-    tokenized ``features``; logs to ``out_dir/train_log.jsonl``; returns a summary."""
+    tokenized ``features``; logs to ``out_dir/train_log.jsonl``; returns a summary.
+
+    Checkpoints go to ``out_dir/checkpoint`` every ``checkpoint_every`` steps;
+    ``resume=True`` continues from there exactly (same batches, RNG, optimizer, probe).
+    A finished run (``train_summary.json``) is never overwritten.
+    """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
+    if (out / "train_summary.json").exists():
+        raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
+    if not resume and (out / "train_log.jsonl").exists():
+        raise FileExistsError(f"train: {out} holds a started run; resume it or choose another")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     accelerator = Accelerator(
@@ -177,13 +205,25 @@ def train(
     )
     pad_id = tokenizer.pad_token_id
     log_path = out / "train_log.jsonl"
+    first_step = 0
+    if resume and (out / "checkpoint").exists():
+        state = load_checkpoint(out / "checkpoint", accelerator.unwrap_model(model))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        decoupler.load_state_dict(state["decoupler"])
+        first_step = int(state["next_step"])
+    if resume:
+        _truncate_log(log_path, first_step)
     bar = tqdm(
-        total=config.steps, desc="train", disable=not progress or not accelerator.is_main_process
+        total=config.steps,
+        initial=first_step,
+        desc="train",
+        disable=not progress or not accelerator.is_main_process,
     )
     start = time.perf_counter()
     tokens_seen = 0
     with open(log_path, "a", encoding="utf-8") as log:
-        for step in range(config.steps):
+        for step in range(first_step, config.steps):
             if decoupler.due(step):
                 record = decoupler.refresh(accelerator.unwrap_model(model), tokenizer, step)
                 log.write(json.dumps(record) + "\n")
@@ -237,6 +277,15 @@ def train(
             log.write(json.dumps(record) + "\n")
             log.flush()
             bar.update(1)
+            every = config.checkpoint_every
+            if every and (step + 1) % every == 0 and step + 1 < config.steps:
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "decoupler": decoupler.state_dict(),
+                    "next_step": step + 1,
+                }
+                save_checkpoint(out / "checkpoint", accelerator.unwrap_model(model), state)
             bar.set_postfix(
                 loss=f"{totals['lm_loss']:.3f}",
                 pen=f"{totals['penalty']:.3g}",
