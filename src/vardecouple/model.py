@@ -194,7 +194,10 @@ def add_lora(
         target_modules=list(target_modules),
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng(devices=[]):
+    import warnings
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         torch.manual_seed(seed)
         loaded.model = get_peft_model(loaded.model, config)
     return loaded.model

@@ -1,0 +1,231 @@
+"""The one TOML config that ``train`` (and later ``run``, ``eval``, ``probe``) read.
+
+Sections: ``[data]``, ``[model]``, ``[lora]``, ``[train]``, ``[decoupler]`` (the defaults
+of every arm) and ``[arms.NAME]`` (each arm overrides decoupler fields; an empty table
+takes them all). Validated at load with pydantic; an unknown key is an error naming
+the nearest valid one. Relative paths resolve against ``data_root`` (default: the
+config file's folder); ``data.root`` may move the base of the corpus paths.
+
+Example (``examples/arabic-flores.toml`` has the full one)::
+
+    [data]
+    root = "../../shared/corpora"
+    corpora = [{ path = "flores200", split = "dev" }]
+    test_corpora = [{ path = "flores200", split = "devtest" }]
+    standard = "arb_Arab"
+    varieties = ["arz_Arab", "ary_Arab"]
+
+    [model]
+    spec = "gemma3-270m"
+
+    [arms.standard]
+    penalize = false
+
+    [arms.decoupled]
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vardecouple.decouple import DecouplerConfig
+from vardecouple.train import TrainConfig
+
+__all__ = ["ConfigError", "CorpusRef", "ExperimentConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line naming file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusRef(_Strict):
+    path: str
+    split: str | None = None
+    format: Literal["auto", "lines", "flores", "madar", "tsv", "jsonl"] = "auto"
+    varieties: list[str] | None = None
+
+
+class DataSection(_Strict):
+    root: str = "."
+    corpora: list[CorpusRef]
+    test_corpora: list[CorpusRef] = Field(default_factory=list)
+    standard: str
+    varieties: list[str]
+    pivot: str | None = None
+    directions: str | list[str] = "standard<->variety"
+    dev_rows: int = Field(50, ge=0)
+    probe_rows: int = Field(100, ge=1)
+    test_rows: int = Field(0, ge=0)
+    max_train_examples: int | None = Field(None, ge=1)
+    template: Literal["plain", "chat"] = "plain"
+    max_length: int = Field(128, ge=8)
+    seed: int = 0
+    note: str = ""
+
+
+class ModelSection(_Strict):
+    spec: str
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+class LoraSection(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+class TrainSection(_Strict):
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    checkpoint_every: int = Field(0, ge=0)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+class DecouplerSection(_Strict):
+    estimator: str = "variational"
+    rank: int = Field(1, ge=1)
+    estimator_options: dict[str, Any] = Field(default_factory=dict)
+    reference_estimator: str = "variational"
+    reference_rank: int = Field(1, ge=1)
+    layers: list[int] | None = None
+    refresh_every: int = Field(500, ge=1)
+    form: Literal["norm", "squared", "fraction"] = "norm"
+    lam: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    tokens: Literal["all", "target", "low-resource"] = "all"
+    penalize: bool = True
+    measure_fraction: float = Field(0.25, gt=0, lt=1)
+    probe_batch_size: int = Field(16, ge=1)
+
+    @field_validator("estimator", "reference_estimator")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from vardecouple.subspace import ESTIMATORS
+
+        if value not in ESTIMATORS:
+            close = difflib.get_close_matches(value, ESTIMATORS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown estimator {value!r}{hint}; expected one of {', '.join(ESTIMATORS)}"
+            )
+        return value
+
+
+_ARM_FIELDS = set(DecouplerSection.model_fields)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    data: DataSection
+    model: ModelSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    decoupler: DecouplerSection = Field(default_factory=DecouplerSection)
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source: str = ""
+    data_root: str = ""
+
+    def arm(self, name: str) -> DecouplerSection:
+        """The decoupler settings of arm ``name`` (its overrides on ``[decoupler]``)."""
+        if name not in self.arms:
+            close = difflib.get_close_matches(name, list(self.arms), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(self.arms) or "none"
+            raise ConfigError(f"config {self.source}: no arm {name!r}{hint}; arms: {known}")
+        return self.decoupler.model_copy(update=self.arms[name])
+
+    def decoupler_config(self, arm: str, seed: int = 0) -> DecouplerConfig:
+        settings = self.arm(arm).model_dump()
+        settings["layers"] = tuple(settings["layers"]) if settings["layers"] is not None else None
+        return DecouplerConfig(**settings, max_length=self.data.max_length, seed=seed)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        fields = self.train.model_dump(exclude={"seeds"})
+        return TrainConfig(**fields, seed=seed)
+
+    def resolve(self, path: str) -> Path:
+        """A corpus path, relative to ``data.root``, itself relative to the data root."""
+        base = Path(self.data_root) / self.data.root
+        return (base / path).resolve() if not Path(path).is_absolute() else Path(path)
+
+
+def _nearest(key: str, model: type[BaseModel]) -> str:
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": ExperimentConfig,
+    "data": DataSection,
+    "model": ModelSection,
+    "lora": LoraSection,
+    "train": TrainSection,
+    "decoupler": DecouplerSection,
+}
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    loc = [str(p) for p in error["loc"]]
+    where = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        section = loc[0] if len(loc) > 1 else ""
+        model = _SECTIONS.get(section, CorpusRef if "corpora" in section else ExperimentConfig)
+        if "corpora" in where:
+            model = CorpusRef
+        return f"config {source}: unknown key '{where}'{_nearest(loc[-1], model)}"
+    if error["type"] == "missing":
+        return f"config {source}: missing key '{where}'"
+    return f"config {source}: '{where}': {error['msg']}"
+
+
+def load_config(path: str | Path, data_root: str | Path | None = None) -> ExperimentConfig:
+    """Read, validate and resolve a TOML config; :class:`ConfigError` on any problem."""
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"config {source}: no such file")
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {source}: not valid TOML: {exc}") from None
+    for arm, overrides in (raw.get("arms") or {}).items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"config {source}: arms.{arm} must be a table")
+        for key in overrides:
+            if key not in _ARM_FIELDS:
+                hint = _nearest(key, DecouplerSection)
+                raise ConfigError(f"config {source}: unknown key 'arms.{arm}.{key}'{hint}")
+        try:
+            DecouplerSection(**overrides)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            first = first | {"loc": ("arms", arm, *first["loc"])}
+            raise ConfigError(_describe(first, str(source))) from None
+    root = Path(data_root) if data_root is not None else source.parent
+    try:
+        config = ExperimentConfig(**raw, source=str(source), data_root=str(root))
+    except ValidationError as exc:
+        # an unknown key first: a misspelt key also shows up as a missing one
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise ConfigError(_describe(errors[0], str(source))) from None
+    if not config.arms:
+        raise ConfigError(f"config {source}: no [arms.NAME] table; define at least one arm")
+    return config
