@@ -7,6 +7,7 @@ translations in every variety are unseen by the fits) or against a random contro
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -110,3 +111,72 @@ def test_norm_penalty_of_a_random_subspace_dwarfs_the_probes(real_states) -> Non
     # the scale-free form is bounded whatever the subspace
     for sub in (probe, rand):
         assert 0.0 <= projection_penalty(held, mask, sub, "fraction").item() <= 1.0
+
+
+def test_decoupled_lora_steps_on_gemma_save_and_reload(tmp_path) -> None:
+    """A few decoupled LoRA steps on Gemma-3-270m with FLORES Arabic (issue 4)."""
+    import json
+
+    from peft import PeftModel
+
+    from vardecouple.config import load_config
+    from vardecouple.decouple import OnlineDecoupler
+    from vardecouple.experiment import prepare_data, tokenized_features
+    from vardecouple.model import add_lora, load_model
+    from vardecouple.train import collate, train
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "arabic-flores.toml"
+    text = example.read_text().replace('root = "../../shared/corpora"', f'root = "{CORPORA}"')
+    text = text.replace("probe_rows = 50", "probe_rows = 12\nmax_train_examples = 48")
+    text = text.replace("steps = 300", "steps = 4").replace(
+        "checkpoint_every = 50", "checkpoint_every = 2"
+    )
+    text = text.replace(
+        "refresh_every = 100",
+        "refresh_every = 2\nestimator_options = { fit_epochs = 5, update_epochs = 1 }",
+    )
+    config_path = tmp_path / "arabic.toml"
+    config_path.write_text(text)
+    config = load_config(config_path)
+    splits = prepare_data(config)
+    loaded = load_model("gemma3-270m")
+    add_lora(loaded, r=4, alpha=8, seed=0)
+    features = tokenized_features(config, splits, loaded.tokenizer)
+    decoupler = OnlineDecoupler(
+        config.decoupler_config("decoupled"), splits.probe, loaded.num_layers
+    )
+    out = tmp_path / "run"
+    train(
+        loaded.model,
+        loaded.tokenizer,
+        features,
+        decoupler,
+        config.train_config(0),
+        out,
+        progress=False,
+    )
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "lm_loss" in r]
+    assert len(steps) == 4
+    assert all(
+        math.isfinite(r["lm_loss"]) and math.isfinite(r["penalty"]) and r["penalty"] > 0
+        for r in steps
+    )
+    assert [r["step"] for r in log if r.get("refresh")] == [0, 2, 4]
+    assert (out / "checkpoint" / "MANIFEST.json").is_file()
+
+    loaded.model.save_pretrained(tmp_path / "adapter")
+    batch = collate(features[:2], loaded.tokenizer.pad_token_id)
+    loaded.model.eval()
+    with torch.no_grad():
+        before = loaded.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    fresh = load_model("gemma3-270m")
+    reloaded = PeftModel.from_pretrained(fresh.model, tmp_path / "adapter")
+    reloaded.eval()
+    with torch.no_grad():
+        after = reloaded(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    assert torch.equal(before, after)
