@@ -195,3 +195,24 @@ def test_resume_after_a_crash_is_exact(setup, tmp_path, monkeypatch) -> None:
             progress=False,
             resume=True,
         )
+
+
+def test_trimmed_vocabulary_loss_is_a_lower_bound_and_exact_with_the_full_vocabulary(setup) -> None:
+    from vardecouple.train import trimmed_vocab
+
+    splits, texts = setup
+    loaded = load_model("tiny-random", corpus_texts=texts)
+    feats = [
+        tokenize_example(loaded.tokenizer, *format_example(ex), max_length=64)
+        for ex in splits.train[:8]
+    ]
+    batch = collate(feats, loaded.tokenizer.pad_token_id)
+    exact, _ = supervised_loss(loaded.model, batch, [0])
+    everything = torch.arange(loaded.model.config.vocab_size)
+    torch.testing.assert_close(supervised_loss(loaded.model, batch, [0], everything)[0], exact)
+    vocab = trimmed_vocab(feats, loaded.tokenizer)
+    assert len(vocab) < loaded.model.config.vocab_size
+    trimmed, _ = supervised_loss(loaded.model, batch, [0], vocab)
+    assert (
+        trimmed.item() < exact.item()
+    )  # a softmax over fewer tokens: a smaller partition function

@@ -97,6 +97,7 @@ class TrainSection(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)
+    trim_vocab: bool = False
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 

@@ -34,7 +34,7 @@ from vardecouple.checkpoint import load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.model import _decoder_body, capture
 
-__all__ = ["TrainConfig", "batches", "collate", "supervised_loss", "train"]
+__all__ = ["TrainConfig", "batches", "collate", "supervised_loss", "train", "trimmed_vocab"]
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     checkpoint_every: int = 0
+    trim_vocab: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -103,10 +104,18 @@ def batches(lengths: Sequence[int], batch_size: int, steps: int, seed: int) -> l
 
 
 def supervised_loss(
-    model: nn.Module, batch: dict[str, Tensor], layers: Sequence[int]
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    layers: Sequence[int],
+    vocab: Tensor | None = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Mean next-token cross-entropy over target positions, with logits computed only
-    there; and the hidden states of ``layers`` from the same forward pass."""
+    there; and the hidden states of ``layers`` from the same forward pass.
+
+    ``vocab`` (sorted token ids, every target id among them) restricts the softmax to
+    those rows of the output matrix: an approximation (the partition function omits
+    the other tokens, so the loss is a lower bound of the exact one), off by default.
+    """
     body = _decoder_body(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with capture(model, layers) as hidden:
@@ -116,12 +125,28 @@ def supervised_loss(
     h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     targets = batch["labels"][:, 1:]
     where = targets != -100
-    logits = base.get_output_embeddings()(h[:, :-1][where])
+    head = base.get_output_embeddings()
+    picked, labels = h[:, :-1][where], targets[where]
+    if vocab is None:
+        logits = head(picked)
+    else:
+        vocab = vocab.to(picked.device)
+        logits = nn.functional.linear(
+            picked, head.weight[vocab], None if head.bias is None else head.bias[vocab]
+        )
+        labels = torch.searchsorted(vocab, labels)
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    loss = nn.functional.cross_entropy(logits.float(), targets[where])
+    loss = nn.functional.cross_entropy(logits.float(), labels)
     return loss, dict(hidden)
+
+
+def trimmed_vocab(features: Sequence[dict[str, Any]], tokenizer: Any) -> Tensor:
+    """Sorted ids of every target token in ``features`` plus the special tokens."""
+    ids = {i for f in features for i in f["labels"] if i != -100}
+    ids |= {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+    return torch.tensor(sorted(ids))
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
@@ -204,6 +229,7 @@ def train(
         config.seed,
     )
     pad_id = tokenizer.pad_token_id
+    vocab = trimmed_vocab(features, tokenizer) if config.trim_vocab else None
     log_path = out / "train_log.jsonl"
     first_step = 0
     if resume and (out / "checkpoint").exists():
@@ -237,7 +263,7 @@ def train(
                 )
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(model):
-                    lm_loss, hidden = supervised_loss(model, batch, decoupler.layers)
+                    lm_loss, hidden = supervised_loss(model, batch, decoupler.layers, vocab)
                     mask = decoupler.token_mask(
                         batch["attention_mask"], batch["target_mask"], batch["low_resource"]
                     )
