@@ -110,3 +110,30 @@ def test_state_dict_round_trip(tiny) -> None:
     la = a.refresh(loaded.model, loaded.tokenizer, step=7)
     lb = b.refresh(loaded.model, loaded.tokenizer, step=7)
     assert la == lb
+
+
+def test_prompt_context_reads_target_tokens_of_translation_prompts(tiny) -> None:
+    from vardecouple.data import probe_prompts
+    from vardecouple.model import target_states
+
+    loaded, probe = tiny
+    kept, prompts, targets = probe_prompts(probe[:3] + probe[120:122])
+    assert [s.text for s in kept] == [
+        probe[0].text,
+        probe[1].text,
+        probe[120].text,
+        probe[121].text,
+    ]
+    assert prompts[0].startswith("Translate from Low German to German.")  # partner: same row
+    assert probe[120].text in prompts[0] and probe[0].text in prompts[2]
+    texts = [s.text for s in kept]
+    assert targets == [f" {t}\n" for t in texts]
+    states, owner = target_states(loaded.model, loaded.tokenizer, prompts, targets, [1])
+    n_target = [
+        len(loaded.tokenizer.encode(" " + t + "\n", add_special_tokens=False)) for t in texts
+    ]
+    assert owner.bincount().tolist() == n_target
+    assert states[1].shape == (sum(n_target), loaded.hidden_size)
+    dec = _decoupler(tiny, context="prompt")
+    log = dec.refresh(loaded.model, loaded.tokenizer, step=0)
+    assert set(log["overlap"]["2"]) == {"deu_Latn", "nds_Latn"}

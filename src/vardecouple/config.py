@@ -115,6 +115,7 @@ class DecouplerSection(_Strict):
     tokens: Literal["all", "target", "low-resource"] = "all"
     penalize: bool = True
     measure_fraction: float = Field(0.25, gt=0, lt=1)
+    context: Literal["sentence", "prompt"] = "sentence"
     probe_batch_size: int = Field(16, ge=1)
 
     @field_validator("estimator", "reference_estimator")

@@ -126,7 +126,9 @@ class DecouplerConfig:
 
     ``tokens``: ``"all"`` non-pad tokens but the first (the paper), ``"target"`` tokens
     only, or ``"low-resource"``: the tokens of examples whose target variety is not the
-    standard. ``layers=None`` means the middle layer ``L // 2``.
+    standard. ``layers=None`` means the middle layer ``L // 2``. ``context``: the probe
+    reads raw sentences (``"sentence"``, the paper) or the target tokens of translation
+    prompts built from the probe rows (``"prompt"``: the states the penalty sees).
     """
 
     estimator: str = "variational"
@@ -142,6 +144,7 @@ class DecouplerConfig:
     tokens: TokenRule = "all"
     penalize: bool = True
     measure_fraction: float = 0.25
+    context: Literal["sentence", "prompt"] = "sentence"
     probe_batch_size: int = 16
     max_length: int = 128
     seed: int = 0
@@ -157,6 +160,7 @@ class DecouplerConfig:
                 f"unknown tokens rule {self.tokens!r}",
             ),
             (0 < self.measure_fraction < 1, "measure_fraction must lie in (0, 1)"),
+            (self.context in ("sentence", "prompt"), f"unknown context {self.context!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -206,16 +210,16 @@ class OnlineDecoupler:
         return self.last_refresh is None or step - self.last_refresh >= self.config.refresh_every
 
     def _states(self, model: nn.Module, tokenizer: Any, sentences: Sequence[ProbeSentence]):
-        from vardecouple.model import token_states
+        from vardecouple.data import probe_prompts
+        from vardecouple.model import target_states, token_states
 
-        states, owner = token_states(
-            model,
-            tokenizer,
-            [s.text for s in sentences],
-            self.layers,
-            batch_size=self.config.probe_batch_size,
-            max_length=self.config.max_length,
-        )
+        size = {"batch_size": self.config.probe_batch_size, "max_length": self.config.max_length}
+        if self.config.context == "prompt":
+            sentences, prompts, targets = probe_prompts(sentences)
+            states, owner = target_states(model, tokenizer, prompts, targets, self.layers, **size)
+        else:
+            texts = [s.text for s in sentences]
+            states, owner = token_states(model, tokenizer, texts, self.layers, **size)
         labels = torch.tensor([s.label for s in sentences])[owner]
         varieties = [sentences[int(j)].variety for j in owner]
         return states, labels, varieties

@@ -44,6 +44,7 @@ __all__ = [
     "decoder_layers",
     "layer_states",
     "load_model",
+    "target_states",
     "tiny_random",
     "token_states",
 ]
@@ -381,6 +382,54 @@ def token_states(
             owners.append(torch.tensor(idx).repeat_interleave(mask.sum(1).cpu()))
     finally:
         tokenizer.padding_side = side
+    sentence = torch.cat(owners)
+    back = torch.argsort(sentence, stable=True)
+    return {i: torch.cat(v)[back] for i, v in per_layer.items()}, sentence[back]
+
+
+@torch.no_grad()
+def target_states(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 16,
+    max_length: int = 128,
+) -> tuple[dict[int, Tensor], Tensor]:
+    """Like :func:`token_states`, but each target text follows its prompt (as in
+    training) and only the target tokens' states are returned: the very states the
+    penalty sees (the probe's ``context = "prompt"``)."""
+    from vardecouple.data import tokenize_example
+
+    encoded = [
+        tokenize_example(tokenizer, p, t, max_length=max_length)
+        for p, t in zip(prompts, targets, strict=True)
+    ]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    per_layer: dict[int, list[Tensor]] = {i: [] for i in layers}
+    owners: list[Tensor] = []
+    device = next(model.parameters()).device
+    body = _decoder_body(model)
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]["input_ids"]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        attention = torch.zeros(len(idx), width, dtype=torch.long)
+        select = torch.zeros(len(idx), width, dtype=torch.bool)
+        for row, i in enumerate(idx):
+            n = len(encoded[i]["input_ids"])
+            ids[row, :n] = torch.tensor(encoded[i]["input_ids"])
+            attention[row, :n] = 1
+            select[row, :n] = torch.tensor(encoded[i]["target_mask"])
+        select[:, 0] = False
+        with capture(model, layers) as store:
+            body(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False)
+        for i in layers:
+            per_layer[i].append(store[i][select.to(device)].float().cpu())
+        owners.append(torch.tensor(idx).repeat_interleave(select.sum(1)))
     sentence = torch.cat(owners)
     back = torch.argsort(sentence, stable=True)
     return {i: torch.cat(v)[back] for i, v in per_layer.items()}, sentence[back]

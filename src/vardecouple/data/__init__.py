@@ -27,7 +27,7 @@ from .errors import CorpusError
 from .loading import load_corpus
 from .names import variety_name
 from .normalise import normalise
-from .prompts import PromptTemplate, format_example, tokenize_example
+from .prompts import PromptTemplate, format_example, probe_prompts, tokenize_example
 from .splits import Example, LabelledSentence, Splits, make_splits
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "make_splits",
     "normalise",
     "parse_directions",
+    "probe_prompts",
     "tokenize_example",
     "variety_name",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from .errors import corpus_error
 from .names import variety_name
 from .splits import Example
 
-__all__ = ["IGNORE_INDEX", "PromptTemplate", "format_example", "tokenize_example"]
+__all__ = ["IGNORE_INDEX", "PromptTemplate", "format_example", "probe_prompts", "tokenize_example"]
 
 PromptTemplate = Literal["plain", "chat"]
 
@@ -103,3 +104,26 @@ def tokenize_example(
         "labels": [IGNORE_INDEX] * len(context) + target_ids,
         "target_mask": [False] * len(context) + [True] * len(target_ids),
     }
+
+
+def probe_prompts(sentences: Sequence[Any]) -> tuple[list[Any], list[str], list[str]]:
+    """For ``context = "prompt"``: each sentence becomes the target of a translation
+    prompt from an aligned sentence of its row (the standard's for a low-resource
+    sentence, a low-resource one for the standard's). Sentences without a partner
+    in their row are left out. Returns (kept sentences, prompts, formatted targets)."""
+    by_group: dict[int, list[Any]] = {}
+    for s in sentences:
+        by_group.setdefault(getattr(s, "group", -1), []).append(s)
+    kept: list[Any] = []
+    prompts: list[str] = []
+    targets: list[str] = []
+    for s in sentences:
+        row = by_group.get(getattr(s, "group", -1), []) if getattr(s, "group", -1) >= 0 else []
+        partner = next((o for o in row if (o.label == 0) != (s.label == 0)), None)
+        if partner is not None:
+            ex = Example(partner.variety, s.variety, partner.text, s.text, getattr(s, "group", -1))
+            prompt, target = format_example(ex)
+            kept.append(s)
+            prompts.append(prompt)
+            targets.append(target)
+    return kept, prompts, targets
