@@ -25,13 +25,15 @@ demo: install
 	$(VENV)/bin/vardecouple planted
 
 # Everything, the `slow` real-model tests included (they are the proof).
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads otherwise spin-wait, which slows
+# small-model tests by 10x as soon as another process shares the 2 cores.
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
 # The quick loop while developing: no real-model tests.
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
