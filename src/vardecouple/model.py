@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,18 +289,32 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
+class _StopForward(Exception):  # a control-flow signal, not an error
+    """Raised by a hook once the deepest wanted layer ran."""
+
+
 @contextmanager
-def capture(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, Tensor]]:
-    """Forward hooks that store the output hidden states of the given decoder layers."""
+def capture(
+    model: nn.Module, layers: Sequence[int], *, stop_after: bool = False
+) -> Iterator[dict[int, Tensor]]:
+    """Forward hooks that store the output hidden states of the given decoder layers.
+
+    ``stop_after=True`` aborts the forward pass right after the deepest of ``layers``
+    (the caller suppresses :class:`_StopForward`): the layers above it never run.
+    Only for gradient-free reads of states (probe refreshes).
+    """
     blocks = decoder_layers(model)
     bad = [i for i in layers if not 0 <= i < len(blocks)]
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has layers 0..{len(blocks) - 1}")
     store: dict[int, Tensor] = {}
+    deepest = max(layers)
 
     def hook(index: int):
         def fn(_module: nn.Module, _inputs: Any, output: Any) -> None:
             store[index] = output[0] if isinstance(output, tuple) else output
+            if stop_after and index == deepest:
+                raise _StopForward
 
         return fn
 
@@ -371,7 +385,7 @@ def token_states(
             ).to(device)
             mask = enc["attention_mask"].bool()
             mask[:, 0] = False
-            with capture(model, layers) as store:
+            with capture(model, layers, stop_after=True) as store, suppress(_StopForward):
                 body(
                     input_ids=enc["input_ids"],
                     attention_mask=enc["attention_mask"],
@@ -425,7 +439,7 @@ def target_states(
             attention[row, :n] = 1
             select[row, :n] = torch.tensor(encoded[i]["target_mask"])
         select[:, 0] = False
-        with capture(model, layers) as store:
+        with capture(model, layers, stop_after=True) as store, suppress(_StopForward):
             body(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False)
         for i in layers:
             per_layer[i].append(store[i][select.to(device)].float().cpu())
