@@ -345,7 +345,8 @@ def _registry() -> dict[str, type[SubspaceEstimator]]:
         PCAEstimator,
         RandomEstimator,
     )
-    from vardecouple.probe import GenerativeProbeEstimator, VariationalProbeEstimator
+    from vardecouple.generative import GenerativeProbeEstimator
+    from vardecouple.probe import VariationalProbeEstimator
 
     classes: list[type[SubspaceEstimator]] = [
         VariationalProbeEstimator,
