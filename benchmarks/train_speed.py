@@ -102,7 +102,8 @@ from torch import Tensor, nn
 
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.model import LoadedModel, _decoder_body, add_lora, capture, load_model
+from vardecouple.model import LoadedModel, add_lora, load_model
+from vardecouple.states import _decoder_body, capture
 from vardecouple.train import batches, collate, supervised_loss, trimmed_vocab
 
 ROOT = Path(__file__).resolve().parent.parent

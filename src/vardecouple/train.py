@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from vardecouple.checkpoint import load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
-from vardecouple.model import _decoder_body, capture
+from vardecouple.states import _decoder_body, capture
 
 __all__ = ["TrainConfig", "batches", "collate", "supervised_loss", "train", "trimmed_vocab"]
 
