@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from vardecouple import __version__
 
@@ -89,11 +90,82 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_root=args.data_root)
     seed = args.seed if args.seed is not None else config.train.seeds[0]
     config.arm(args.arm)  # a wrong arm name fails before any loading
-    summary = train_arm(config, args.arm, args.out, seed=seed, resume=args.resume)
+    if config.arm(args.arm).match_penalty_of or config.arm(args.arm).kind != "train":
+        raise ValueError(
+            f"train: arm {args.arm!r} is not a plain trained arm (kind or match_penalty_of);"
+            " `vardecouple run` trains it"
+        )
+    summary, _ = train_arm(config, args.arm, args.out, seed=seed, resume=args.resume)
     print(
         f"trained arm {args.arm!r} (seed {seed}) for {summary['steps']} steps in "
         f"{summary['train_seconds']:.0f} s; log, adapter and summary in {args.out}"
     )
+    return 0
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "vardecouple " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vardecouple.config import load_config
+    from vardecouple.experiment import run_experiment
+
+    config = load_config(args.config, data_root=args.data_root)
+    results = run_experiment(
+        config, args.out, command=_command_line(), overwrite=args.overwrite, progress=True
+    )
+    print(f"results: {results}\nreport:  {results.parent / 'report.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from vardecouple.report import write_report
+
+    print(f"report: {write_report(Path(args.run_dir))}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vardecouple.config import load_config
+    from vardecouple.experiment import evaluate_one
+
+    config = load_config(args.config, data_root=args.data_root)
+    out = evaluate_one(
+        config, args.out, model=args.model, adapter=args.adapter, command=_command_line()
+    )
+    print(f"scores: {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vardecouple.demo import QUICK, DemoConfig, run_demo
+
+    demo = QUICK if args.quick else DemoConfig()
+    sizes = {k: getattr(args, k) for k in ("steps", "test_rows", "pretrain_steps", "lam")}
+    demo = replace(demo, **{k: v for k, v in sizes.items() if v is not None})
+    if args.seeds is not None:
+        demo = replace(demo, seeds=tuple(args.seeds))
+    if args.corpus is None and args.model != "tiny-random":
+        raise ValueError("demo: --model needs --corpus (the synthetic family uses tiny-random)")
+    try:
+        report = run_demo(
+            args.out,
+            demo=demo,
+            corpus=args.corpus,
+            standard=args.standard,
+            varieties=args.varieties,
+            model=args.model,
+            command=_command_line(),
+        )
+    except FileExistsError as exc:
+        print(f"vardecouple demo: {exc}")
+        return 0
+    print(f"demo finished; report: {report}")
     return 0
 
 
@@ -121,6 +193,58 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="default: the first of train.seeds")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     t.set_defaults(func=_train)
+    r = sub.add_parser(
+        "run",
+        help="train and evaluate every arm × seed of a config; results.json + report.md",
+        description="Train and evaluate every arm × seed; resumes after an interruption.",
+    )
+    r.add_argument("config", help="the TOML config")
+    r.add_argument("--out", required=True, help="run folder (resumed when it exists)")
+    r.add_argument("--data-root", default=None, help="base of relative paths")
+    r.add_argument(
+        "--overwrite", action="store_true", help="delete a finished run in --out and redo it"
+    )
+    r.set_defaults(func=_run)
+    e = sub.add_parser(
+        "eval",
+        help="evaluate one model (and adapter) on a config's test split",
+        description="Decode the config's test split; hypotheses and scores.json in --out.",
+    )
+    e.add_argument("--config", required=True, help="the TOML config (data, eval settings)")
+    e.add_argument("--model", default=None, help="model spec (default: the config's)")
+    e.add_argument("--adapter", default=None, help="a LoRA adapter folder (peft)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--data-root", default=None, help="base of relative paths")
+    e.set_defaults(func=_eval)
+    d = sub.add_parser(
+        "demo",
+        help="the whole study out of the box (synthetic family, tiny model) or on a corpus",
+        description=(
+            "Run copy/base/standard/decoupled/random arms end to end and write a report. "
+            "Default: a synthetic language family and a tiny model pre-trained on it "
+            "(no network). With --corpus DIR --standard CODE [--model gemma3-270m]: "
+            "a real line-aligned corpus and model."
+        ),
+    )
+    d.add_argument("--out", required=True, help="output folder (data, model, run/report.md)")
+    d.add_argument("--corpus", default=None, help="a line-aligned corpus folder instead")
+    d.add_argument("--standard", default=None, help="the standard variety code (with --corpus)")
+    d.add_argument("--varieties", nargs="+", default=None, help="default: all other codes")
+    d.add_argument("--model", default="tiny-random", help="model spec (with --corpus)")
+    d.add_argument("--steps", type=_positive_int, default=None, help="training steps per arm")
+    d.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
+    d.add_argument("--test-rows", type=_positive_int, default=None, help="test rows")
+    d.add_argument("--pretrain-steps", type=_positive_int, default=None)
+    d.add_argument("--lam", type=float, default=None, help="λ of the decoupled arm")
+    d.add_argument("--quick", action="store_true", help="a small study (about a minute)")
+    d.set_defaults(func=_demo)
+    rep = sub.add_parser(
+        "report",
+        help="(re)write RUN_DIR/report.md and its plots from RUN_DIR/results.json",
+        description="Write report.md and plots/ from a run folder's results.json.",
+    )
+    rep.add_argument("run_dir", help="a folder written by `vardecouple run`")
+    rep.set_defaults(func=_report)
     p = sub.add_parser(
         "planted",
         help="recover a planted subspace with every estimator (a quick self-check)",

@@ -132,7 +132,34 @@ class DecouplerSection(_Strict):
         return value
 
 
-_ARM_FIELDS = set(DecouplerSection.model_fields)
+class ArmSection(DecouplerSection):
+    """One arm: the decoupler fields it overrides, what it is, and magnitude matching.
+
+    ``kind``: ``train`` (LoRA fine-tuning with this arm's decoupler), ``base`` (the model
+    without fine-tuning) or ``copy`` (the source sentence as the hypothesis).
+    ``match_penalty_of = "decoupled"``: λ is set at step 0 so that λ·L(step 0) equals
+    that arm's (same seed, same first batch).
+    """
+
+    kind: Literal["train", "base", "copy"] = "train"
+    match_penalty_of: str | None = None
+
+
+class EvalSection(_Strict):
+    """Decoding and scoring of every arm (``vardecouple run`` / ``eval``)."""
+
+    batch_size: int = Field(8, ge=1)
+    length_ratio: float = Field(2.0, gt=0)
+    max_new_tokens: int = Field(256, ge=1)
+    num_beams: int = Field(1, ge=1)
+    max_examples: int | None = Field(None, ge=1)  # per direction, first rows of the test split
+    bootstrap_samples: int = Field(1000, ge=1000)
+    bootstrap_seed: int = 0
+    checkpoint: Literal["final"] = "final"
+
+
+_ARM_FIELDS = set(ArmSection.model_fields)
+_ARM_ONLY = {"kind", "match_penalty_of"}
 
 
 class ExperimentConfig(_Strict):
@@ -142,23 +169,28 @@ class ExperimentConfig(_Strict):
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
     decoupler: DecouplerSection = Field(default_factory=DecouplerSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: str = ""
     data_root: str = ""
 
-    def arm(self, name: str) -> DecouplerSection:
-        """The decoupler settings of arm ``name`` (its overrides on ``[decoupler]``)."""
+    def arm(self, name: str) -> ArmSection:
+        """The settings of arm ``name`` (its overrides on ``[decoupler]``)."""
         if name not in self.arms:
             close = difflib.get_close_matches(name, list(self.arms), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             known = ", ".join(self.arms) or "none"
             raise ConfigError(f"config {self.source}: no arm {name!r}{hint}; arms: {known}")
-        return self.decoupler.model_copy(update=self.arms[name])
+        return ArmSection(**(self.decoupler.model_dump() | self.arms[name]))
 
-    def decoupler_config(self, arm: str, seed: int = 0) -> DecouplerConfig:
-        settings = self.arm(arm).model_dump()
+    def decoupler_config(
+        self, arm: str, seed: int = 0, match_penalty: float | None = None
+    ) -> DecouplerConfig:
+        settings = self.arm(arm).model_dump(exclude=_ARM_ONLY)
         settings["layers"] = tuple(settings["layers"]) if settings["layers"] is not None else None
-        return DecouplerConfig(**settings, max_length=self.data.max_length, seed=seed)
+        return DecouplerConfig(
+            **settings, max_length=self.data.max_length, seed=seed, match_penalty=match_penalty
+        )
 
     def train_config(self, seed: int) -> TrainConfig:
         fields = self.train.model_dump(exclude={"seeds"})
@@ -182,6 +214,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "lora": LoraSection,
     "train": TrainSection,
     "decoupler": DecouplerSection,
+    "eval": EvalSection,
 }
 
 
@@ -213,10 +246,10 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
             raise ConfigError(f"config {source}: arms.{arm} must be a table")
         for key in overrides:
             if key not in _ARM_FIELDS:
-                hint = _nearest(key, DecouplerSection)
+                hint = _nearest(key, ArmSection)
                 raise ConfigError(f"config {source}: unknown key 'arms.{arm}.{key}'{hint}")
         try:
-            DecouplerSection(**overrides)
+            ArmSection(**overrides)
         except ValidationError as exc:
             first = exc.errors()[0]
             first = first | {"loc": ("arms", arm, *first["loc"])}
@@ -230,4 +263,18 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
         raise ConfigError(_describe(errors[0], str(source))) from None
     if not config.arms:
         raise ConfigError(f"config {source}: no [arms.NAME] table; define at least one arm")
+    for name in config.arms:
+        target = config.arm(name).match_penalty_of
+        if target is None:
+            continue
+        where = f"config {source}: 'arms.{name}.match_penalty_of'"
+        if target not in config.arms or target == name:
+            close = difflib.get_close_matches(target, [a for a in config.arms if a != name], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {target!r} is not another arm{hint}")
+        other = config.arm(target)
+        if other.kind != "train" or not other.penalize or other.match_penalty_of is not None:
+            raise ConfigError(
+                f"{where}: {target!r} must be a penalised, trained arm with its own λ"
+            )
     return config

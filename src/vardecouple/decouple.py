@@ -148,6 +148,7 @@ class DecouplerConfig:
     probe_batch_size: int = 16
     max_length: int = 128
     seed: int = 0
+    match_penalty: float | None = None  # set λ at step 0 so that λ·L(step 0) equals this
 
     def __post_init__(self) -> None:
         checks = [
@@ -161,6 +162,7 @@ class DecouplerConfig:
             ),
             (0 < self.measure_fraction < 1, "measure_fraction must lie in (0, 1)"),
             (self.context in ("sentence", "prompt"), f"unknown context {self.context!r}"),
+            (self.match_penalty is None or self.match_penalty > 0, "match_penalty must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -198,13 +200,20 @@ class OnlineDecoupler:
         self.subspaces: dict[int, Subspace] = {}
         self.reference: dict[int, Subspace] = {}
         self.last_refresh: int | None = None
+        self.lam = config.lam
+
+    def match(self, start_penalty: float) -> float:
+        """Magnitude matching: λ ← match_penalty / L(step 0) when asked; returns λ."""
+        if self.config.match_penalty is not None:
+            self.lam = self.config.match_penalty / max(start_penalty, 1e-12)
+        return self.lam
 
     def lam_at(self, step: int) -> float:
         """λ at ``step`` (0 when the arm has no penalty; linear warm-up if asked)."""
         if not self.config.penalize:
             return 0.0
         warm = self.config.warmup_steps
-        return self.config.lam * (min(1.0, (step + 1) / warm) if warm else 1.0)
+        return self.lam * (min(1.0, (step + 1) / warm) if warm else 1.0)
 
     def due(self, step: int) -> bool:
         return self.last_refresh is None or step - self.last_refresh >= self.config.refresh_every
@@ -296,6 +305,7 @@ class OnlineDecoupler:
             "subspaces": {str(i): s.state_dict() for i, s in self.subspaces.items()},
             "reference": {str(i): s.state_dict() for i, s in self.reference.items()},
             "last_refresh": self.last_refresh,
+            "lam": self.lam,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -308,3 +318,4 @@ class OnlineDecoupler:
             int(i): Subspace.from_state_dict(s) for i, s in state["reference"].items()
         }
         self.last_refresh = state["last_refresh"]
+        self.lam = state.get("lam", self.config.lam)

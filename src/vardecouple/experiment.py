@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,15 @@ import torch
 from vardecouple.config import ExperimentConfig
 from vardecouple.data import Splits, format_example, load_corpus, make_splits, tokenize_example
 
-__all__ = ["prepare_data", "tokenized_features", "train_arm"]
+__all__ = [
+    "evaluate_one",
+    "load_base",
+    "prepare_data",
+    "run_experiment",
+    "tokenized_features",
+    "train_arm",
+    "validate_results",
+]
 
 
 def prepare_data(config: ExperimentConfig) -> Splits:
@@ -73,26 +83,27 @@ def train_arm(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Train arm ``arm`` with ``seed``; writes the log, summary and ``adapter/`` to ``out_dir``."""
+    match_penalty: float | None = None,
+    splits: Splits | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Train arm ``arm`` with ``seed``; writes the log, summary and ``adapter/`` to ``out_dir``.
+
+    Returns the training summary and the :class:`~vardecouple.model.LoadedModel` (its
+    model now the trained peft model). ``match_penalty``: λ·L(step 0) to match.
+    """
     from vardecouple.decouple import OnlineDecoupler
-    from vardecouple.model import add_lora, load_model
+    from vardecouple.model import add_lora
     from vardecouple.train import train
 
-    decoupler_config = config.decoupler_config(arm, seed=seed)  # fails early on a bad arm
+    # fails early on a bad arm
+    decoupler_config = config.decoupler_config(arm, seed=seed, match_penalty=match_penalty)
     out = Path(out_dir)
     if (out / "train_summary.json").exists():  # before any loading
         raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
     if not resume and (out / "train_log.jsonl").exists():
         raise FileExistsError(f"train: {out} holds a started run; pass --resume to continue it")
-    splits = prepare_data(config)
-    dtype = getattr(torch, config.model.dtype)
-    loaded = load_model(
-        config.model.spec,
-        corpus_texts=_corpus_texts(splits) if config.model.spec == "tiny-random" else None,
-        dtype=dtype,
-        trust_remote_code=config.model.trust_remote_code,
-    )
+    splits = splits or prepare_data(config)
+    loaded = load_base(config, splits)
     lora = config.lora
     add_lora(
         loaded,
@@ -125,4 +136,416 @@ def train_arm(
     if (out / "adapter").exists():
         shutil.rmtree(out / "adapter")
     os.replace(tmp, out / "adapter")
-    return summary
+    return summary, loaded
+
+
+def load_base(config: ExperimentConfig, splits: Splits) -> Any:
+    """The config's model without adapters (``tiny-random`` builds its tokenizer on the data)."""
+    from vardecouple.model import load_model
+
+    return load_model(
+        config.model.spec,
+        corpus_texts=_corpus_texts(splits) if config.model.spec == "tiny-random" else None,
+        dtype=getattr(torch, config.model.dtype),
+        trust_remote_code=config.model.trust_remote_code,
+    )
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=1, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _arm_order(config: ExperimentConfig) -> list[str]:
+    """copy/base first, then trained arms, a matched arm after the arm it matches."""
+    names = list(config.arms)
+    fixed = [a for a in names if config.arm(a).kind != "train"]
+    plain = [
+        a for a in names if config.arm(a).kind == "train" and not config.arm(a).match_penalty_of
+    ]
+    return fixed + plain + [a for a in names if a not in fixed and a not in plain]
+
+
+def _start_target(run_dir: Path) -> float:
+    """λ·L(step 0) of a finished or started trained arm, from its log's step-0 refresh."""
+    log = run_dir / "train_log.jsonl"
+    if log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if "start_penalty" in record:
+                return float(record["lambda"]) * float(record["start_penalty"])
+    raise ValueError(f"run: {log} has no step-0 penalty to match")
+
+
+def _overlap(run_dir: Path, out: Path) -> dict[str, Any]:
+    log = run_dir / "train_log.jsonl"
+    refreshes = [
+        r for r in map(json.loads, log.read_text(encoding="utf-8").splitlines()) if r.get("refresh")
+    ]
+    return {
+        "initial": refreshes[0]["overlap"],
+        "final": refreshes[-1]["overlap"],
+        "by_step": str(log.relative_to(out)),
+    }
+
+
+def _provenance(config: ExperimentConfig, source: str, command: str) -> dict[str, Any]:
+    import platform
+    import subprocess
+    from importlib.metadata import version
+
+    from vardecouple.model import sha256_file
+
+    try:
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    src = Path(source)
+    weights = sorted(src.glob("*.safetensors")) if src.is_dir() else [src] if src.is_file() else []
+    digest = None
+    if weights:
+        digest = ",".join(sha256_file(w) for w in weights)
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in info.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    return {
+        **{
+            name: version(name)
+            for name in ("vardecouple", "torch", "transformers", "peft", "sacrebleu")
+        },
+        "git_sha": sha,
+        "model_sha256": digest,
+        "command": command,
+        "machine": f"{platform.system()} {platform.release()}, {cpu}, torch threads "
+        f"{torch.get_num_threads()}",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _mean_sd(values: list[float]) -> dict[str, Any]:
+    import statistics
+
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "n_seeds": len(values)}
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    command: str = "",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train and evaluate every arm × seed; write ``results.json`` and ``report.md``.
+
+    Resumable: a finished arm/seed (its ``eval.json``) is never recomputed; a started
+    one resumes from its checkpoint; hypotheses already decoded are read back.
+    """
+    from vardecouple.decode import DecodeConfig
+    from vardecouple.evaluate import (
+        direction_kinds,
+        evaluate_model,
+        read_lines,
+        score_hypotheses,
+        test_sets,
+        train_identifier,
+    )
+    from vardecouple.metrics import paired_bootstrap, signatures
+
+    out = Path(out_dir)
+    resolved = config.model_dump(exclude={"source", "data_root"})
+    done_file = out / "results.json"
+    if done_file.exists() and not overwrite:
+        raise FileExistsError(
+            f"run: {out} holds a finished run (arms {', '.join(config.arms)} done); "
+            "choose another folder or pass --overwrite"
+        )
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    saved = out / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(resolved)):
+        raise FileExistsError(
+            f"run: {out} holds a run of a different config; choose another folder"
+        )
+    _write_json_atomic(saved, resolved)
+    started = time.perf_counter()
+    splits = prepare_data(config)
+    (out / "splits.txt").write_text(splits.describe() + "\n", encoding="utf-8")
+    tests = test_sets(splits, config.eval.max_examples)
+    kinds = direction_kinds(list(tests), config.data.standard, config.data.varieties)
+    identifier, id_info = train_identifier(splits, tests, seed=config.data.seed)
+    ev = config.eval
+    decoding = DecodeConfig(
+        batch_size=ev.batch_size,
+        length_ratio=ev.length_ratio,
+        max_new_tokens=ev.max_new_tokens,
+        num_beams=ev.num_beams,
+    )
+    base = None
+    prov_file = out / "provenance.json"
+    provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
+    runs: dict[str, dict[str, Any]] = {}
+    for arm in _arm_order(config):
+        settings = config.arm(arm)
+        seeds = config.train.seeds if settings.kind == "train" else config.train.seeds[:1]
+        for seed in seeds:
+            run_dir = out / "runs" / arm / f"seed-{seed}"
+            finished = run_dir / "eval.json"
+            if finished.exists():
+                runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
+                continue
+            record: dict[str, Any] = {"kind": settings.kind, "steps": 0, "train_seconds": 0.0}
+            record["checkpoint"] = "no training"
+            record["lambda"] = None
+            model = tokenizer = None
+            if settings.kind == "copy":
+                hyps = {d: [ex.src_text for ex in rows] for d, rows in tests.items()}
+                eval_seconds = 0.0
+            else:
+                if settings.kind == "base":
+                    base = base or load_base(config, splits)
+                    model, tokenizer = base.model, base.tokenizer
+                elif (run_dir / "train_summary.json").exists():
+                    from peft import PeftModel
+
+                    loaded = load_base(config, splits)
+                    model = PeftModel.from_pretrained(loaded.model, run_dir / "adapter")
+                    tokenizer = loaded.tokenizer
+                else:
+                    target = settings.match_penalty_of
+                    match = (
+                        _start_target(out / "runs" / target / f"seed-{seed}") if target else None
+                    )
+                    _, loaded = train_arm(
+                        config,
+                        arm,
+                        run_dir,
+                        seed=seed,
+                        resume=(run_dir / "train_log.jsonl").exists(),
+                        progress=progress,
+                        match_penalty=match,
+                        splits=splits,
+                    )
+                    model, tokenizer = loaded.model, loaded.tokenizer
+                if provenance is None:
+                    source = base.source if base else str(config.model.spec)
+                    if base is None:
+                        source = load_base(config, splits).source
+                    provenance = _provenance(config, source, command)
+                    _write_json_atomic(prov_file, provenance)
+                hyps, eval_seconds = evaluate_model(
+                    model,
+                    tokenizer,
+                    tests,
+                    run_dir,
+                    template=config.data.template,
+                    decode_config=decoding,
+                    progress=progress,
+                )
+            if settings.kind == "copy":
+                from vardecouple.evaluate import write_lines_atomic
+
+                for d, lines in hyps.items():
+                    write_lines_atomic(run_dir / "hypotheses" / f"{d}.txt", lines)
+            if settings.kind == "train":
+                summary = json.loads((run_dir / "train_summary.json").read_text())
+                record |= {
+                    "steps": summary["steps"],
+                    "train_seconds": summary["train_seconds"],
+                    "checkpoint": f"final (step {summary['steps']})",
+                    "overlap": _overlap(run_dir, out),
+                    "lambda": _start_lambda(run_dir),
+                }
+            metrics = score_hypotheses(
+                hyps,
+                tests,
+                identifier,
+                config.data.standard,
+                n_samples=ev.bootstrap_samples,
+                seed=ev.bootstrap_seed,
+            )
+            for d in metrics:
+                metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
+            record |= {"metrics": metrics, "eval_seconds": eval_seconds}
+            _write_json_atomic(finished, record)
+            runs.setdefault(arm, {})[str(seed)] = record
+            del model
+    if provenance is None:
+        provenance = _provenance(config, str(config.model.spec), command)
+    provenance = provenance | {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    summary = {
+        arm: {
+            d: {
+                m: _mean_sd([runs[arm][s]["metrics"][d][m] for s in runs[arm]])
+                for m in ("chrf++", "bleu", "target_variety_rate")
+            }
+            for d in tests
+        }
+        for arm in runs
+    }
+
+    def hyp_sets(arm: str, d: str) -> list[list[str]]:
+        return [
+            read_lines(out / runs[arm][s]["metrics"][d]["hypotheses"], len(tests[d]))
+            for s in runs[arm]
+        ]
+
+    deltas: dict[str, Any] = {}
+    if "standard" in runs:
+        low = [d for d in tests if kinds[d] == "low-resource"]
+        for arm in runs:
+            if arm == "standard":
+                continue
+            deltas[arm] = {}
+            groups = [(d, [d]) for d in tests] + ([("mean_low_resource", low)] if low else [])
+            for name, dirs in groups:
+                blocks = [
+                    ([ex.tgt_text for ex in tests[d]], hyp_sets(arm, d), hyp_sets("standard", d))
+                    for d in dirs
+                ]
+                deltas[arm][name] = {
+                    m: paired_bootstrap(
+                        blocks, metric=m, n_samples=ev.bootstrap_samples, seed=ev.bootstrap_seed
+                    ).to_dict()
+                    for m in ("chrf++", "bleu")
+                }
+    results = {
+        "schema_version": 1,
+        "config": resolved,
+        "provenance": provenance,
+        "signatures": signatures(),
+        "directions": {d: {"kind": kinds[d], "n": len(tests[d])} for d in tests},
+        "variety_identifier": id_info,
+        "bootstrap": {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed},
+        "runs": runs,
+        "summary": summary,
+        "deltas": deltas,
+    }
+    validate_results(results)
+    _write_json_atomic(done_file, results)
+    from vardecouple.report import write_report
+
+    write_report(out, command=command)
+    return done_file
+
+
+def _start_lambda(run_dir: Path) -> float | None:
+    for line in (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "start_penalty" in record:
+            return float(record["lambda"])
+    return None
+
+
+def validate_results(results: dict[str, Any]) -> None:
+    """Check ``results`` against the shipped JSON Schema (``schemas/results.schema.json``)."""
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads((files("vardecouple") / "schemas" / "results.schema.json").read_text())
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(results)
+    )
+    if error is not None:
+        where = "/".join(map(str, error.absolute_path)) or "(top)"
+        raise ValueError(f"results.json: {where}: {error.message}")
+
+
+def evaluate_one(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    adapter: str | Path | None = None,
+    command: str = "",
+    progress: bool = True,
+) -> Path:
+    """``vardecouple eval``: one model (and adapter) on the config's test split.
+
+    Writes ``hypotheses/<direction>.txt`` and ``scores.json`` (metrics per direction,
+    signatures, variety-identifier accuracy, provenance) to ``out_dir``.
+    """
+    from vardecouple.decode import DecodeConfig
+    from vardecouple.evaluate import evaluate_model, score_hypotheses, test_sets, train_identifier
+    from vardecouple.metrics import signatures
+
+    out = Path(out_dir)
+    if (out / "scores.json").exists():
+        raise FileExistsError(f"eval: {out / 'scores.json'} exists; choose another folder")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"eval: adapter {adapter}: no adapter_config.json (a peft folder)")
+    if model is not None:
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"spec": model})}
+        )
+    splits = prepare_data(config)
+    tests = test_sets(splits, config.eval.max_examples)
+    identifier, id_info = train_identifier(splits, tests, seed=config.data.seed)
+    loaded = load_base(config, splits)
+    net = loaded.model
+    if adapter is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, str(adapter))
+    ev = config.eval
+    hyps, seconds = evaluate_model(
+        net,
+        loaded.tokenizer,
+        tests,
+        out,
+        template=config.data.template,
+        decode_config=DecodeConfig(
+            batch_size=ev.batch_size,
+            length_ratio=ev.length_ratio,
+            max_new_tokens=ev.max_new_tokens,
+            num_beams=ev.num_beams,
+        ),
+        progress=progress,
+    )
+    metrics = score_hypotheses(
+        hyps,
+        tests,
+        identifier,
+        config.data.standard,
+        n_samples=ev.bootstrap_samples,
+        seed=ev.bootstrap_seed,
+    )
+    scores = {
+        "model": config.model.spec,
+        "adapter": str(adapter) if adapter else None,
+        "metrics": metrics,
+        "signatures": signatures(),
+        "variety_identifier": id_info,
+        "eval_seconds": seconds,
+        "provenance": _provenance(config, loaded.source, command),
+    }
+    _write_json_atomic(out / "scores.json", scores)
+    return out / "scores.json"

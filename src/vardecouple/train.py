@@ -174,6 +174,20 @@ def _truncate_log(path: Path, next_step: int) -> None:
     os.replace(tmp, path)
 
 
+@torch.no_grad()
+def _start_penalty(
+    model: nn.Module, batch: dict[str, Tensor], decoupler: OnlineDecoupler, vocab: Tensor | None
+) -> float:
+    """The unweighted penalty on ``batch`` before any update (magnitude matching)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    _, hidden = supervised_loss(model, batch, decoupler.layers, vocab)
+    mask = decoupler.token_mask(
+        batch["attention_mask"], batch["target_mask"], batch["low_resource"]
+    )
+    return float(decoupler.penalty(hidden, mask))
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -252,6 +266,10 @@ def train(
         for step in range(first_step, config.steps):
             if decoupler.due(step):
                 record = decoupler.refresh(accelerator.unwrap_model(model), tokenizer, step)
+                if step == 0:  # L(step 0) on the first batch: the yardstick of matching
+                    first = collate([features[i] for i in plan[0]], pad_id)
+                    record["start_penalty"] = _start_penalty(model, first, decoupler, vocab)
+                    record["lambda"] = decoupler.match(record["start_penalty"])
                 log.write(json.dumps(record) + "\n")
             model.train()
             lam = decoupler.lam_at(step)

@@ -16,7 +16,7 @@ Modules: :mod:`.errors` (``CorpusError``), :mod:`.corpus` (``Corpus``),
 :mod:`.textfile` (strict UTF-8 lines), :mod:`.formats` (one reader per format),
 :mod:`.loading` (``load_corpus``), :mod:`.normalise`, :mod:`.directions`,
 :mod:`.grouping` (union-find de-duplication), :mod:`.splits`, :mod:`.names`,
-:mod:`.prompts`.
+:mod:`.prompts`, :mod:`.family` (a seeded synthetic language family).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 from .corpus import Corpus
 from .directions import Direction, parse_directions
 from .errors import CorpusError
+from .family import FamilyConfig, family_rules, make_family, write_family
 from .loading import load_corpus
 from .names import variety_name
 from .normalise import normalise
@@ -35,15 +36,19 @@ __all__ = [
     "CorpusError",
     "Direction",
     "Example",
+    "FamilyConfig",
     "LabelledSentence",
     "PromptTemplate",
     "Splits",
+    "family_rules",
     "format_example",
     "load_corpus",
+    "make_family",
     "make_splits",
     "normalise",
     "parse_directions",
     "probe_prompts",
     "tokenize_example",
     "variety_name",
+    "write_family",
 ]

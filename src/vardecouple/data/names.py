@@ -27,6 +27,10 @@ VARIETY_NAMES: dict[str, str] = {
     "fra_Latn": "French",
     "ind_Latn": "Indonesian",
     "zsm_Latn": "Standard Malay",
+    # The synthetic family of :mod:`.family`
+    "piv_Latn": "Synthetic Pivot",
+    "std_Latn": "Synthetic Standard",
+    **{f"vr{c}_Latn": f"Synthetic Variety {c.upper()}" for c in "abcdefghij"},
     # MADAR ``lang`` values (city dialects, MSA, and the English/French BTEC sides)
     "MSA": "Modern Standard Arabic",
     "EN": "English",

@@ -1,0 +1,161 @@
+"""Evaluation: decode the test split per direction, score it, and check the variety.
+
+For each direction ``src->tgt`` the hypotheses are written to
+``hypotheses/<src>-><tgt>.txt`` (one per line, in test order) beside the scores, so
+anyone can re-score them. Scores are sacrebleu's chrF++ (``word_order=2``) and BLEU
+with their signatures (:mod:`vardecouple.metrics`), a seeded bootstrap 95% interval of
+chrF++, and the share of hypotheses that a character n-gram variety identifier,
+trained on the training side of the corpus, recognises as the target variety (and as
+the standard): between close varieties chrF++ alone rewards copying the source.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from vardecouple.data import Example, Splits, format_example
+from vardecouple.decode import DecodeConfig, decode
+from vardecouple.metrics import bootstrap_ci, corpus_scores
+from vardecouple.varietyid import VarietyIdentifier
+
+__all__ = [
+    "direction_kinds",
+    "evaluate_model",
+    "read_lines",
+    "score_hypotheses",
+    "test_sets",
+    "train_identifier",
+    "write_lines_atomic",
+]
+
+
+def write_lines_atomic(path: Path, lines: Sequence[str]) -> None:
+    """One line per item (newlines inside an item become spaces); temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_lines(path: Path, expected: int | None = None) -> list[str]:
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    if expected is not None and len(lines) != expected:
+        raise ValueError(f"hypotheses {path}: {len(lines)} lines, expected {expected}")
+    return lines
+
+
+def test_sets(splits: Splits, max_examples: int | None = None) -> dict[str, list[Example]]:
+    """The test split grouped by direction (``src->tgt``), each capped at ``max_examples``."""
+    out: dict[str, list[Example]] = {}
+    for ex in splits.test:
+        out.setdefault(f"{ex.src}->{ex.tgt}", []).append(ex)
+    if not out:
+        raise ValueError("evaluate: the test split is empty; set data.test_rows or test_corpora")
+    return {d: rows[:max_examples] if max_examples else rows for d, rows in sorted(out.items())}
+
+
+def direction_kinds(
+    directions: Sequence[str], standard: str, varieties: Sequence[str]
+) -> dict[str, str]:
+    """``low-resource`` (into a variety), ``standard`` (into the standard) or ``other``."""
+    kinds = {}
+    for d in directions:
+        tgt = d.split("->")[1]
+        kinds[d] = (
+            "standard" if tgt == standard else "low-resource" if tgt in varieties else "other"
+        )
+    return kinds
+
+
+def train_identifier(
+    splits: Splits, tests: Mapping[str, list[Example]], seed: int = 0
+) -> tuple[VarietyIdentifier, dict[str, Any]]:
+    """Fit on the training side of the corpus; accuracy on the test references."""
+    seen: set[tuple[str, str]] = set()
+    for ex in splits.train:
+        seen.add((ex.src_text, ex.src))
+        seen.add((ex.tgt_text, ex.tgt))
+    texts, labels = zip(*sorted(seen), strict=True)
+    identifier = VarietyIdentifier(seed=seed).fit(list(texts), list(labels))
+    held = sorted({(ex.tgt_text, ex.tgt) for rows in tests.values() for ex in rows})
+    held = [(t, v) for t, v in held if v in identifier.classes]
+    info = identifier.describe()
+    if held:
+        h_texts, h_labels = [t for t, _ in held], [v for _, v in held]
+        info |= {
+            "accuracy": identifier.accuracy(h_texts, h_labels),
+            "balanced_accuracy": identifier.balanced_accuracy(h_texts, h_labels),
+            "n_test": len(held),
+        }
+    return identifier, info
+
+
+def score_hypotheses(
+    hyps: Mapping[str, Sequence[str]],
+    tests: Mapping[str, list[Example]],
+    identifier: VarietyIdentifier | None,
+    standard: str,
+    *,
+    n_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Per direction: chrF++, BLEU, chrF++ 95% interval, target/standard variety rates."""
+    out: dict[str, dict[str, Any]] = {}
+    for direction, rows in tests.items():
+        refs = [ex.tgt_text for ex in rows]
+        got = list(hyps[direction])
+        scores: dict[str, Any] = corpus_scores(got, refs)
+        _, ci = bootstrap_ci(refs, [got], "chrf++", n_samples=n_samples, seed=seed)
+        scores["chrf++_ci95"] = [float(ci[0]), float(ci[1])]
+        tgt = rows[0].tgt
+        if identifier is not None and tgt in identifier.classes and tgt == standard:
+            scores["target_variety_rate"] = identifier.target_rate(got, tgt)
+        elif identifier is not None and tgt in identifier.classes:
+            rates = identifier.rate_vs(got, tgt, standard)
+            scores["target_variety_rate"] = rates["target"]
+            scores["standard_variety_rate"] = rates["standard"]
+        else:
+            scores["target_variety_rate"] = 0.0
+        out[direction] = scores
+    return out
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    tests: Mapping[str, list[Example]],
+    out_dir: Path,
+    *,
+    template: str = "plain",
+    decode_config: DecodeConfig | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, list[str]], float]:
+    """Decode every direction; hypotheses files under ``out_dir/hypotheses``.
+
+    A direction whose file already holds the right number of lines is read back, not
+    decoded again (resume after a crash). Returns ``(hypotheses, seconds)``.
+    """
+    start = time.perf_counter()
+    hyps: dict[str, list[str]] = {}
+    for direction, rows in tests.items():
+        path = Path(out_dir) / "hypotheses" / f"{direction}.txt"
+        if path.exists():
+            try:
+                hyps[direction] = read_lines(path, len(rows))
+                continue
+            except ValueError:
+                pass  # a different test size: decode again
+        prompts = [format_example(ex, template, tokenizer)[0] for ex in rows]
+        sources = [ex.src_text for ex in rows]
+        hyps[direction] = decode(
+            model, tokenizer, prompts, sources, decode_config, progress=progress, desc=direction
+        )
+        write_lines_atomic(path, hyps[direction])
+    return hyps, time.perf_counter() - start

@@ -1,0 +1,186 @@
+"""`vardecouple run`: arms × seeds on a tiny model, results.json, resume, matching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sacrebleu
+
+from vardecouple import experiment
+from vardecouple.cli import main
+from vardecouple.config import ConfigError, load_config
+from vardecouple.experiment import run_experiment, validate_results
+from vardecouple.report import PLOTS, SECTIONS
+
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+MINI = f"""
+name = "mini"
+[data]
+root = "{CORPORA}"
+corpora = [{{ path = "tatoeba-deu-nds" }}]
+standard = "deu_Latn"
+varieties = ["nds_Latn"]
+dev_rows = 20
+probe_rows = 60
+test_rows = 20
+max_train_examples = 300
+max_length = 64
+[model]
+spec = "tiny-random"
+[lora]
+r = 4
+alpha = 8
+[train]
+steps = 4
+batch_size = 4
+checkpoint_every = 2
+seeds = [0, 1]
+[decoupler]
+estimator = "mean-diff"
+reference_estimator = "mean-diff"
+layers = [1]
+refresh_every = 2
+lam = 1.0
+[eval]
+max_new_tokens = 12
+[arms.copy]
+kind = "copy"
+[arms.base]
+kind = "base"
+[arms.standard]
+penalize = false
+[arms.decoupled]
+[arms.random]
+estimator = "random"
+match_penalty_of = "decoupled"
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "mini.toml").write_text(MINI)
+    run_experiment(load_config(folder / "mini.toml"), folder / "out", progress=False)
+    return folder
+
+
+def test_results_follow_the_schema_and_the_contract(finished: Path) -> None:
+    results = json.loads((finished / "out" / "results.json").read_text())
+    validate_results(results)  # raises on any schema violation
+    assert set(results["runs"]) == {"copy", "base", "standard", "decoupled", "random"}
+    assert set(results["runs"]["decoupled"]) == {"0", "1"}
+    assert set(results["runs"]["copy"]) == {"0"}
+    assert results["directions"]["deu_Latn->nds_Latn"]["kind"] == "low-resource"
+    assert results["directions"]["nds_Latn->deu_Latn"]["kind"] == "standard"
+    assert "mean_low_resource" in results["deltas"]["decoupled"]
+    assert "standard" not in results["deltas"]
+    assert results["provenance"]["command"] == ""
+    # the summary is the mean over the seeds' own numbers
+    runs = results["runs"]["decoupled"]
+    for d in results["directions"]:
+        seeds = [runs[s]["metrics"][d]["chrf++"] for s in runs]
+        assert results["summary"]["decoupled"][d]["chrf++"]["mean"] == pytest.approx(
+            sum(seeds) / len(seeds)
+        )
+
+
+def test_copy_arm_scores_equal_sacrebleu_on_the_sources(finished: Path) -> None:
+    out = finished / "out"
+    results = json.loads((out / "results.json").read_text())
+    config = load_config(finished / "mini.toml")
+    splits = experiment.prepare_data(config)
+    for d, m in results["runs"]["copy"]["0"]["metrics"].items():
+        rows = [ex for ex in splits.test if f"{ex.src}->{ex.tgt}" == d]
+        hyps = (out / m["hypotheses"]).read_text(encoding="utf-8").splitlines()
+        assert hyps == [ex.src_text for ex in rows]
+        chrf = sacrebleu.CHRF(word_order=2).corpus_score(hyps, [[ex.tgt_text for ex in rows]])
+        assert m["chrf++"] == pytest.approx(chrf.score)
+
+
+def test_random_arm_is_magnitude_matched_to_the_decoupled_arm(finished: Path) -> None:
+    def start(arm: str, seed: int) -> tuple[float, float]:
+        log = finished / "out" / "runs" / arm / f"seed-{seed}" / "train_log.jsonl"
+        first = json.loads(log.read_text().splitlines()[0])
+        return first["lambda"], first["start_penalty"]
+
+    for seed in (0, 1):
+        lam_d, pen_d = start("decoupled", seed)
+        lam_r, pen_r = start("random", seed)
+        assert lam_d == 1.0
+        assert pen_r != pytest.approx(pen_d)  # a different subspace, a different scale
+        assert lam_r * pen_r == pytest.approx(lam_d * pen_d, rel=1e-9)
+
+
+def test_report_has_every_section_and_plot(finished: Path) -> None:
+    out = finished / "out"
+    text = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in text
+    for plot in PLOTS:
+        assert (out / "plots" / plot).stat().st_size > 1000
+
+
+def test_a_finished_run_is_not_overwritten(finished: Path, capsys) -> None:
+    before = (finished / "out" / "results.json").read_bytes()
+    code = main(["run", str(finished / "mini.toml"), "--out", str(finished / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "finished run" in err and "decoupled" in err
+    assert (finished / "out" / "results.json").read_bytes() == before
+
+
+def test_resume_after_a_crash_between_arms_recomputes_nothing_finished(
+    tmp_path: Path, monkeypatch
+) -> None:
+    text = MINI.replace("seeds = [0, 1]", "seeds = [0]")
+    (tmp_path / "mini.toml").write_text(text)
+    config = load_config(tmp_path / "mini.toml")
+    real = experiment.train_arm
+    calls: list[str] = []
+
+    def crashing(config, arm, *args, **kwargs):
+        calls.append(arm)
+        if arm == "random":
+            raise KeyboardInterrupt  # the process dies before this arm
+        return real(config, arm, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_arm", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "out", progress=False)
+    assert calls == ["standard", "decoupled", "random"]
+    assert not (tmp_path / "out" / "results.json").exists()
+    done = {
+        arm: (tmp_path / "out" / "runs" / arm / "seed-0" / "eval.json").read_bytes()
+        for arm in ("copy", "base", "standard", "decoupled")
+    }
+    calls.clear()
+    monkeypatch.setattr(
+        experiment, "train_arm", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1]
+    )
+    run_experiment(config, tmp_path / "out", progress=False)
+    assert calls == ["random"]  # finished arms are read back, not trained again
+    for arm, content in done.items():
+        assert (tmp_path / "out" / "runs" / arm / "seed-0" / "eval.json").read_bytes() == content
+    validate_results(json.loads((tmp_path / "out" / "results.json").read_text()))
+
+
+def test_match_penalty_of_must_name_a_penalised_arm(tmp_path: Path) -> None:
+    bad = MINI.replace('match_penalty_of = "decoupled"', 'match_penalty_of = "decoupeld"')
+    (tmp_path / "a.toml").write_text(bad)
+    with pytest.raises(ConfigError, match="did you mean 'decoupled'"):
+        load_config(tmp_path / "a.toml")
+    bad = MINI.replace('match_penalty_of = "decoupled"', 'match_penalty_of = "standard"')
+    (tmp_path / "b.toml").write_text(bad)
+    with pytest.raises(ConfigError, match="penalised, trained arm"):
+        load_config(tmp_path / "b.toml")
+
+
+def test_validate_results_names_the_problem(finished: Path) -> None:
+    results = json.loads((finished / "out" / "results.json").read_text())
+    with pytest.raises(ValueError, match="schema_version"):
+        validate_results(results | {"schema_version": 2})
+    del results["runs"]["decoupled"]["1"]["metrics"]["deu_Latn->nds_Latn"]["bleu"]
+    with pytest.raises(ValueError, match="runs/decoupled/1/metrics/deu_Latn->nds_Latn"):
+        validate_results(results)
