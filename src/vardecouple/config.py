@@ -155,7 +155,9 @@ class EvalSection(_Strict):
     max_examples: int | None = Field(None, ge=1)  # per direction, first rows of the test split
     bootstrap_samples: int = Field(1000, ge=1000)
     bootstrap_seed: int = 0
-    checkpoint: Literal["final"] = "final"
+    # the adapter evaluated: the last one, or the one of the lowest dev loss (measured at
+    # every train.checkpoint_every steps and at the end)
+    checkpoint: Literal["final", "best-dev"] = "final"
 
 
 _ARM_FIELDS = set(ArmSection.model_fields)

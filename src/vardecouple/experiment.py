@@ -56,11 +56,13 @@ def prepare_data(config: ExperimentConfig) -> Splits:
     )
 
 
-def tokenized_features(config: ExperimentConfig, splits: Splits, tokenizer: Any) -> list[dict]:
+def tokenized_features(
+    config: ExperimentConfig, splits: Splits, tokenizer: Any, examples: list | None = None
+) -> list[dict]:
     """Prompt-formatted, tokenized training examples (loss on target tokens only)."""
-    examples = splits.train
-    if config.data.max_train_examples is not None:
-        examples = examples[: config.data.max_train_examples]
+    if examples is None and config.data.max_train_examples is not None:
+        examples = splits.train[: config.data.max_train_examples]
+    examples = splits.train if examples is None else examples
     features = []
     for ex in examples:
         prompt, target = format_example(ex, config.data.template, tokenizer)
@@ -114,6 +116,11 @@ def train_arm(
         seed=seed,
     )
     features = tokenized_features(config, splits, loaded.tokenizer)
+    dev = None
+    if config.eval.checkpoint == "best-dev":
+        if not splits.dev:
+            raise ValueError("eval.checkpoint = 'best-dev' needs a dev split (data.dev_rows > 0)")
+        dev = tokenized_features(config, splits, loaded.tokenizer, examples=splits.dev)
     decoupler = OnlineDecoupler(decoupler_config, splits.probe, loaded.num_layers)
     out.mkdir(parents=True, exist_ok=True)
     resolved = config.model_dump() | {"arm": arm, "seed": seed}
@@ -128,6 +135,7 @@ def train_arm(
         out,
         progress=progress,
         resume=resume,
+        dev_features=dev,
     )
     tmp = out / ".adapter.tmp"
     if tmp.exists():
@@ -330,11 +338,7 @@ def run_experiment(
                     base = base or load_base(config, splits)
                     model, tokenizer = base.model, base.tokenizer
                 elif (run_dir / "train_summary.json").exists():
-                    from peft import PeftModel
-
-                    loaded = load_base(config, splits)
-                    model = PeftModel.from_pretrained(loaded.model, run_dir / "adapter")
-                    tokenizer = loaded.tokenizer
+                    model, tokenizer = _trained(config, splits, run_dir)
                 else:
                     target = settings.match_penalty_of
                     match = (
@@ -351,6 +355,9 @@ def run_experiment(
                         splits=splits,
                     )
                     model, tokenizer = loaded.model, loaded.tokenizer
+                    if ev.checkpoint == "best-dev":  # evaluate the kept adapter instead
+                        del loaded, model
+                        model, tokenizer = _trained(config, splits, run_dir)
                 if provenance is None:
                     source = base.source if base else str(config.model.spec)
                     if base is None:
@@ -376,7 +383,7 @@ def run_experiment(
                 record |= {
                     "steps": summary["steps"],
                     "train_seconds": summary["train_seconds"],
-                    "checkpoint": f"final (step {summary['steps']})",
+                    "checkpoint": _checkpoint_note(run_dir, ev.checkpoint, summary["steps"]),
                     "overlap": _overlap(run_dir, out),
                     "lambda": _start_lambda(run_dir),
                 }
@@ -454,6 +461,27 @@ def run_experiment(
 
     write_report(out, command=command)
     return done_file
+
+
+def _trained(config: ExperimentConfig, splits: Splits, run_dir: Path) -> tuple[Any, Any]:
+    """The base model with the arm's evaluated adapter (final or best on dev) loaded."""
+    from peft import PeftModel
+
+    name = "best-adapter" if config.eval.checkpoint == "best-dev" else "adapter"
+    if not (run_dir / name / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"run: {run_dir / name} is missing; train the arm again")
+    loaded = load_base(config, splits)
+    return PeftModel.from_pretrained(loaded.model, run_dir / name), loaded.tokenizer
+
+
+def _checkpoint_note(run_dir: Path, which: str, steps: int) -> str:
+    if which != "best-dev":
+        return f"final (step {steps})"
+    best = json.loads((run_dir / "best.json").read_text())
+    return (
+        f"best dev loss {best['dev_loss']:.4f} at step {best['step']} of {steps} "
+        "(dev loss measured every train.checkpoint_every steps and at the end)"
+    )
 
 
 def _start_lambda(run_dir: Path) -> float | None:

@@ -61,7 +61,7 @@ def capture(
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has layers 0..{len(blocks) - 1}")
     store: dict[int, Tensor] = {}
-    deepest = max(layers)
+    deepest = max(layers, default=-1)
 
     def hook(index: int):
         def fn(_module: nn.Module, _inputs: Any, output: Any) -> None:

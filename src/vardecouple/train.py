@@ -34,7 +34,15 @@ from vardecouple.checkpoint import load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.states import _decoder_body, capture
 
-__all__ = ["TrainConfig", "batches", "collate", "supervised_loss", "train", "trimmed_vocab"]
+__all__ = [
+    "TrainConfig",
+    "batches",
+    "collate",
+    "dev_loss",
+    "supervised_loss",
+    "train",
+    "trimmed_vocab",
+]
 
 
 @dataclass
@@ -188,6 +196,46 @@ def _start_penalty(
     return float(decoupler.penalty(hidden, mask))
 
 
+@torch.no_grad()
+def dev_loss(
+    model: nn.Module,
+    features: Sequence[dict[str, Any]],
+    pad_id: int,
+    vocab: Tensor | None = None,
+    batch_size: int = 16,
+) -> float:
+    """Token-weighted mean cross-entropy of ``features``' targets (no penalty)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = weight = 0.0
+    try:
+        for start in range(0, len(features), batch_size):
+            batch = collate(list(features[start : start + batch_size]), pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = float((batch["labels"][:, 1:] != -100).sum())
+            loss, _ = supervised_loss(model, batch, (), vocab)
+            total, weight = total + float(loss) * n, weight + n
+    finally:
+        model.train(was_training)
+    return total / max(weight, 1.0)
+
+
+def _keep_if_best(model: nn.Module, out: Path, step: int, loss: float) -> None:
+    """Save the adapter to ``out/best-adapter`` when ``loss`` beats ``best.json``'s."""
+    import shutil
+
+    best = out / "best.json"
+    if best.exists() and json.loads(best.read_text())["dev_loss"] <= loss:
+        return
+    tmp = out / ".best-adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(out / "best-adapter", ignore_errors=True)
+    os.replace(tmp, out / "best-adapter")
+    _write_json_atomic(best, {"step": step, "dev_loss": loss})
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -207,13 +255,16 @@ def train(
     *,
     progress: bool = True,
     resume: bool = False,
+    dev_features: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` (already LoRA-wrapped: only adapters require grad) on the
     tokenized ``features``; logs to ``out_dir/train_log.jsonl``; returns a summary.
 
     Checkpoints go to ``out_dir/checkpoint`` every ``checkpoint_every`` steps;
     ``resume=True`` continues from there exactly (same batches, RNG, optimizer, probe).
-    A finished run (``train_summary.json``) is never overwritten.
+    A finished run (``train_summary.json``) is never overwritten. With ``dev_features``
+    the dev loss is measured at every checkpoint and at the end, and the adapter of the
+    lowest one is kept in ``out_dir/best-adapter`` (``best.json`` says which step).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -322,7 +373,13 @@ def train(
             log.flush()
             bar.update(1)
             every = config.checkpoint_every
-            if every and (step + 1) % every == 0 and step + 1 < config.steps:
+            last = step + 1 == config.steps
+            if dev_features and ((every and (step + 1) % every == 0) or last):
+                dev = dev_loss(accelerator.unwrap_model(model), dev_features, pad_id, vocab)
+                dev_record = {"step": step, "steps_done": step + 1, "dev_loss": dev}
+                log.write(json.dumps(dev_record) + "\n")
+                _keep_if_best(accelerator.unwrap_model(model), out, step + 1, dev)
+            if every and (step + 1) % every == 0 and not last:
                 state = {
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
