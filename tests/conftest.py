@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,3 +15,55 @@ def no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+#: A miniature experiment: tiny-random, German–Low German, every arm kind, 2 seeds.
+MINI_CONFIG = f"""
+
+name = "mini"
+[data]
+root = "{CORPORA}"
+corpora = [{{ path = "tatoeba-deu-nds" }}]
+standard = "deu_Latn"
+varieties = ["nds_Latn"]
+dev_rows = 20
+probe_rows = 60
+test_rows = 20
+max_train_examples = 300
+max_length = 64
+[model]
+spec = "tiny-random"
+[lora]
+r = 4
+alpha = 8
+[train]
+steps = 4
+batch_size = 4
+checkpoint_every = 2
+seeds = [0, 1]
+[decoupler]
+estimator = "mean-diff"
+reference_estimator = "mean-diff"
+layers = [1]
+refresh_every = 2
+lam = 1.0
+[eval]
+max_new_tokens = 12
+[arms.copy]
+kind = "copy"
+[arms.base]
+kind = "base"
+[arms.standard]
+penalize = false
+[arms.decoupled]
+[arms.random]
+estimator = "random"
+match_penalty_of = "decoupled"
+"""
+
+
+@pytest.fixture(scope="session")
+def mini_config() -> str:
+    return MINI_CONFIG

@@ -40,3 +40,38 @@ def test_bad_input_is_one_line_and_non_zero() -> None:
     assert "Traceback" not in out.stderr
     out = _run("planted", "--n", "zero")
     assert out.returncode == 2 and "positive integer" in out.stderr
+
+
+def test_run_eval_report_demo_bad_input_is_one_line(tmp_path) -> None:
+    cases = [
+        (("run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")), "no such file"),
+        (("report", str(tmp_path)), "results.json"),
+        (("demo", "--out", str(tmp_path / "d"), "--model", "gemma3-270m"), "needs --corpus"),
+        (
+            ("demo", "--out", str(tmp_path / "d"), "--corpus", str(tmp_path)),
+            "needs --standard",
+        ),
+    ]
+    for args, expected in cases:
+        out = _run(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.strip().count("\n") == 0 and expected in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_eval_writes_hypotheses_and_scores_and_never_overwrites(tmp_path, mini_config) -> None:
+    (tmp_path / "mini.toml").write_text(mini_config)
+    args = ["eval", "--config", str(tmp_path / "mini.toml"), "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    scores = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert set(scores["metrics"]) == {"deu_Latn->nds_Latn", "nds_Latn->deu_Latn"}
+    for direction in scores["metrics"]:
+        lines = (tmp_path / "ev" / "hypotheses" / f"{direction}.txt").read_text().split("\n")
+        assert len(lines) == 20 + 1  # 20 test rows and the final newline
+    assert scores["signatures"]["chrf++"].startswith("nrefs:1")
+    before = (tmp_path / "ev" / "scores.json").read_bytes()
+    out = _run(*args)
+    assert out.returncode == 2 and "exists" in out.stderr
+    assert (tmp_path / "ev" / "scores.json").read_bytes() == before
+    bad = _run(*args[:-1], str(tmp_path / "ev2"), "--adapter", str(tmp_path))
+    assert bad.returncode == 2 and "adapter_config.json" in bad.stderr

@@ -8,55 +8,12 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
+from conftest import MINI_CONFIG as MINI
 from vardecouple import experiment
 from vardecouple.cli import main
 from vardecouple.config import ConfigError, load_config
 from vardecouple.experiment import run_experiment, validate_results
 from vardecouple.report import PLOTS, SECTIONS
-
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-
-MINI = f"""
-name = "mini"
-[data]
-root = "{CORPORA}"
-corpora = [{{ path = "tatoeba-deu-nds" }}]
-standard = "deu_Latn"
-varieties = ["nds_Latn"]
-dev_rows = 20
-probe_rows = 60
-test_rows = 20
-max_train_examples = 300
-max_length = 64
-[model]
-spec = "tiny-random"
-[lora]
-r = 4
-alpha = 8
-[train]
-steps = 4
-batch_size = 4
-checkpoint_every = 2
-seeds = [0, 1]
-[decoupler]
-estimator = "mean-diff"
-reference_estimator = "mean-diff"
-layers = [1]
-refresh_every = 2
-lam = 1.0
-[eval]
-max_new_tokens = 12
-[arms.copy]
-kind = "copy"
-[arms.base]
-kind = "base"
-[arms.standard]
-penalize = false
-[arms.decoupled]
-[arms.random]
-estimator = "random"
-match_penalty_of = "decoupled"
-"""
 
 
 @pytest.fixture(scope="module")
