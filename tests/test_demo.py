@@ -62,3 +62,14 @@ def test_a_second_demo_in_the_same_folder_keeps_the_first(demo_dir: Path, capsys
     assert main(["demo", "--out", str(demo_dir), "--quick"]) == 0
     assert "finished demo" in capsys.readouterr().out
     assert (demo_dir / "run" / "results.json").read_bytes() == before
+
+
+def test_demo_on_a_real_line_aligned_corpus(tmp_path: Path) -> None:
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "flores200" / "dev"
+    args = ["demo", "--out", str(tmp_path), "--quick", "--corpus", str(corpus)]
+    args += ["--standard", "arb_Arab", "--varieties", "arz_Arab", "--model", "tiny-random"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["directions"]) == {"arb_Arab->arz_Arab", "arz_Arab->arb_Arab"}
+    assert results["config"]["decoupler"]["layers"] is None  # a real model: its middle layer
+    assert not (tmp_path / "model").exists()  # no pre-training on a real corpus

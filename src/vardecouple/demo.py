@@ -187,9 +187,12 @@ def _toml(value: Any) -> str:
 
 
 def _config_text(
-    corpus: Path, standard: str, varieties: list[str], model: str, demo: DemoConfig
+    corpus: Path, standard: str, varieties: list[str], model: str, demo: DemoConfig, real: bool
 ) -> str:
-    layer = demo.num_layers // 2
+    # the tiny model: its middle layer and a high LR; a real model: the decoupler's
+    # default (the middle layer L // 2) and the usual LoRA LR
+    layers = "" if real else f"layers = [{demo.num_layers // 2}]\n"
+    lr = "2e-4" if real else "2e-3"
     return f"""# Written by `vardecouple demo`; rerun with `vardecouple run THIS --out DIR`.
 name = "demo"
 
@@ -215,7 +218,7 @@ alpha = 16
 [train]
 steps = {demo.steps}
 batch_size = {demo.batch_size}
-lr = 2e-3
+lr = {lr}
 warmup_steps = {max(1, demo.steps // 20)}
 checkpoint_every = {max(1, demo.steps // 3)}
 seeds = {_toml(list(demo.seeds))}
@@ -223,8 +226,7 @@ seeds = {_toml(list(demo.seeds))}
 [decoupler]
 estimator = "variational"
 rank = 1
-layers = [{layer}]
-refresh_every = {max(1, demo.steps // 3)}
+{layers}refresh_every = {max(1, demo.steps // 3)}
 form = "norm"
 lam = {demo.lam}
 tokens = "all"
@@ -285,7 +287,7 @@ def run_demo(
             raise ValueError(f"demo: standard {standard!r} not in {folder} ({', '.join(found)})")
         codes = varieties or [c for c in found if c != standard]
         spec, std = model, standard
-    text = _config_text(folder, std, codes, spec, demo)
+    text = _config_text(folder, std, codes, spec, demo, real=corpus is not None)
     path = out / "demo.toml"
     path.write_text(text, encoding="utf-8")
     run_experiment(load_config(path), out / "run", command=command, progress=progress)
