@@ -102,3 +102,14 @@ def test_bad_config_is_rejected() -> None:
         DecodeConfig(batch_size=0)
     with pytest.raises(ValueError, match="length_ratio"):
         DecodeConfig(length_ratio=0)
+
+
+def test_beam_search_returns_one_hypothesis_per_prompt_in_order(setup) -> None:
+    model, tok, prompts, sources = setup
+    config = DecodeConfig(batch_size=4, num_beams=3, max_new_tokens=12)
+    beams = decode(model, tok, prompts[:6], sources[:6], config, progress=False)
+    singles = [
+        decode(model, tok, [p], [s], config, progress=False)[0]
+        for p, s in zip(prompts[:6], sources[:6], strict=True)
+    ]
+    assert beams == singles and all(isinstance(h, str) for h in beams)

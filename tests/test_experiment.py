@@ -179,3 +179,11 @@ def test_best_dev_checkpoint_is_the_lowest_dev_loss_and_is_what_gets_evaluated(
     assert dev_loss(model, dev, loaded.tokenizer.pad_token_id) == pytest.approx(
         kept["dev_loss"], rel=1e-5
     )
+
+
+def test_a_missing_comet_checkpoint_fails_before_any_training(tmp_path: Path) -> None:
+    text = MINI.replace("max_new_tokens = 12", 'max_new_tokens = 12\ncomet = "nowhere.ckpt"')
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(FileNotFoundError, match=r"eval\.comet"):
+        run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "runs").exists()

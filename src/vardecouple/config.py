@@ -158,6 +158,7 @@ class EvalSection(_Strict):
     # the adapter evaluated: the last one, or the one of the lowest dev loss (measured at
     # every train.checkpoint_every steps and at the end)
     checkpoint: Literal["final", "best-dev"] = "final"
+    comet: str | None = None  # a local COMET checkpoint (*.ckpt) to score with too
 
 
 _ARM_FIELDS = set(ArmSection.model_fields)

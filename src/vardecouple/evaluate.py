@@ -23,6 +23,7 @@ from vardecouple.metrics import bootstrap_ci, corpus_scores
 from vardecouple.varietyid import VarietyIdentifier
 
 __all__ = [
+    "comet_score",
     "direction_kinds",
     "evaluate_model",
     "read_lines",
@@ -97,6 +98,24 @@ def train_identifier(
     return identifier, info
 
 
+def comet_score(
+    checkpoint: str | Path, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]
+) -> float:
+    """System COMET score with a local checkpoint (``unbabel-comet``; never downloads)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.comet: {path} is not a COMET checkpoint file (*.ckpt)")
+    try:
+        from comet import load_from_checkpoint
+    except ImportError:
+        raise ValueError(
+            "eval.comet is set but the COMET package is missing: pip install unbabel-comet"
+        ) from None
+    model = load_from_checkpoint(str(path))
+    data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
+    return float(model.predict(data, batch_size=8, gpus=0, progress_bar=False).system_score)
+
+
 def score_hypotheses(
     hyps: Mapping[str, Sequence[str]],
     tests: Mapping[str, list[Example]],
@@ -105,8 +124,10 @@ def score_hypotheses(
     *,
     n_samples: int = 1000,
     seed: int = 0,
+    comet: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per direction: chrF++, BLEU, chrF++ 95% interval, target/standard variety rates."""
+    """Per direction: chrF++, BLEU, chrF++ 95% interval, target/standard variety rates
+    (and COMET when ``comet`` names a local checkpoint)."""
     out: dict[str, dict[str, Any]] = {}
     for direction, rows in tests.items():
         refs = [ex.tgt_text for ex in rows]
@@ -123,6 +144,8 @@ def score_hypotheses(
             scores["standard_variety_rate"] = rates["standard"]
         else:
             scores["target_variety_rate"] = 0.0
+        if comet is not None:
+            scores["comet"] = comet_score(comet, [ex.src_text for ex in rows], got, refs)
         out[direction] = scores
     return out
 

@@ -301,6 +301,7 @@ def run_experiment(
         )
     _write_json_atomic(saved, resolved)
     started = time.perf_counter()
+    _comet(config)  # a missing COMET checkpoint fails before any training
     splits = prepare_data(config)
     (out / "splits.txt").write_text(splits.describe() + "\n", encoding="utf-8")
     tests = test_sets(splits, config.eval.max_examples)
@@ -394,6 +395,7 @@ def run_experiment(
                 config.data.standard,
                 n_samples=ev.bootstrap_samples,
                 seed=ev.bootstrap_seed,
+                comet=_comet(config),
             )
             for d in metrics:
                 metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
@@ -461,6 +463,16 @@ def run_experiment(
 
     write_report(out, command=command)
     return done_file
+
+
+def _comet(config: ExperimentConfig) -> Path | None:
+    """The COMET checkpoint of ``eval.comet``, relative to the config's folder; checked."""
+    if config.eval.comet is None:
+        return None
+    path = (Path(config.data_root) / config.eval.comet).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config {config.source}: eval.comet: no checkpoint file {path}")
+    return path
 
 
 def _trained(config: ExperimentConfig, splits: Splits, run_dir: Path) -> tuple[Any, Any]:
@@ -565,6 +577,7 @@ def evaluate_one(
         config.data.standard,
         n_samples=ev.bootstrap_samples,
         seed=ev.bootstrap_seed,
+        comet=_comet(config),
     )
     scores = {
         "model": config.model.spec,
