@@ -187,3 +187,23 @@ def test_a_missing_comet_checkpoint_fails_before_any_training(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError, match=r"eval\.comet"):
         run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_seeds_in_parallel_processes_give_the_sequential_numbers(
+    finished: Path, tmp_path: Path
+) -> None:
+    text = MINI.replace('[arms.copy]\nkind = "copy"\n', "").replace(
+        '[arms.base]\nkind = "base"\n', ""
+    )
+    (tmp_path / "p.toml").write_text(text)
+    run_experiment(load_config(tmp_path / "p.toml"), tmp_path / "out", progress=False, jobs=2)
+    par = json.loads((tmp_path / "out" / "results.json").read_text())
+    seq = json.loads((finished / "out" / "results.json").read_text())
+    for arm in ("standard", "decoupled", "random"):
+        for seed in ("0", "1"):
+            assert par["runs"][arm][seed]["metrics"] == seq["runs"][arm][seed]["metrics"]
+            p_final = par["runs"][arm][seed]["overlap"]["final"]
+            s_final = seq["runs"][arm][seed]["overlap"]["final"]
+            for layer, per_variety in s_final.items():  # threads differ: float32 sums may
+                for variety, values in per_variety.items():
+                    assert p_final[layer][variety] == pytest.approx(values, rel=1e-5)

@@ -115,7 +115,12 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, data_root=args.data_root)
     results = run_experiment(
-        config, args.out, command=_command_line(), overwrite=args.overwrite, progress=True
+        config,
+        args.out,
+        command=_command_line(),
+        overwrite=args.overwrite,
+        progress=True,
+        jobs=args.jobs,
     )
     print(f"results: {results}\nreport:  {results.parent / 'report.md'}")
     return 0
@@ -203,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", default=None, help="base of relative paths")
     r.add_argument(
         "--overwrite", action="store_true", help="delete a finished run in --out and redo it"
+    )
+    r.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="train the seeds of an arm in this many processes at once (default 1)",
     )
     r.set_defaults(func=_run)
     e = sub.add_parser(

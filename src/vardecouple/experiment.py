@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -267,20 +268,20 @@ def run_experiment(
     command: str = "",
     overwrite: bool = False,
     progress: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Train and evaluate every arm × seed; write ``results.json`` and ``report.md``.
 
     Resumable: a finished arm/seed (its ``eval.json``) is never recomputed; a started
     one resumes from its checkpoint; hypotheses already decoded are read back.
+    ``jobs > 1`` trains the seeds of an arm in that many processes at once (each with
+    ``torch threads / jobs`` threads); the numbers are those of a sequential run.
     """
-    from vardecouple.decode import DecodeConfig
+    if jobs < 1:
+        raise ValueError(f"run: jobs={jobs} must be ≥ 1")
     from vardecouple.evaluate import (
         direction_kinds,
-        evaluate_model,
         read_lines,
-        score_hypotheses,
-        test_sets,
-        train_identifier,
     )
     from vardecouple.metrics import paired_bootstrap, signatures
 
@@ -302,107 +303,31 @@ def run_experiment(
     _write_json_atomic(saved, resolved)
     started = time.perf_counter()
     _comet(config)  # a missing COMET checkpoint fails before any training
-    splits = prepare_data(config)
+    context = _context(config, out)
+    context.progress = progress
+    splits, tests, ev = context.splits, context.tests, config.eval
     (out / "splits.txt").write_text(splits.describe() + "\n", encoding="utf-8")
-    tests = test_sets(splits, config.eval.max_examples)
     kinds = direction_kinds(list(tests), config.data.standard, config.data.varieties)
-    identifier, id_info = train_identifier(splits, tests, seed=config.data.seed)
-    ev = config.eval
-    decoding = DecodeConfig(
-        batch_size=ev.batch_size,
-        length_ratio=ev.length_ratio,
-        max_new_tokens=ev.max_new_tokens,
-        num_beams=ev.num_beams,
-    )
-    base = None
     prov_file = out / "provenance.json"
     provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
+    if provenance is None:
+        context.base = load_base(config, splits)
+        provenance = _provenance(config, context.base.source, command)
+        _write_json_atomic(prov_file, provenance)
     runs: dict[str, dict[str, Any]] = {}
     for arm in _arm_order(config):
         settings = config.arm(arm)
         seeds = config.train.seeds if settings.kind == "train" else config.train.seeds[:1]
+        todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
+        if jobs > 1 and settings.kind == "train" and len(todo) > 1:
+            _parallel(config, out, arm, todo, jobs)
+        else:
+            for seed in todo:
+                _arm_seed(context, arm, seed)
         for seed in seeds:
-            run_dir = out / "runs" / arm / f"seed-{seed}"
-            finished = run_dir / "eval.json"
-            if finished.exists():
-                runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
-                continue
-            record: dict[str, Any] = {"kind": settings.kind, "steps": 0, "train_seconds": 0.0}
-            record["checkpoint"] = "no training"
-            record["lambda"] = None
-            model = tokenizer = None
-            if settings.kind == "copy":
-                hyps = {d: [ex.src_text for ex in rows] for d, rows in tests.items()}
-                eval_seconds = 0.0
-            else:
-                if settings.kind == "base":
-                    base = base or load_base(config, splits)
-                    model, tokenizer = base.model, base.tokenizer
-                elif (run_dir / "train_summary.json").exists():
-                    model, tokenizer = _trained(config, splits, run_dir)
-                else:
-                    target = settings.match_penalty_of
-                    match = (
-                        _start_target(out / "runs" / target / f"seed-{seed}") if target else None
-                    )
-                    _, loaded = train_arm(
-                        config,
-                        arm,
-                        run_dir,
-                        seed=seed,
-                        resume=(run_dir / "train_log.jsonl").exists(),
-                        progress=progress,
-                        match_penalty=match,
-                        splits=splits,
-                    )
-                    model, tokenizer = loaded.model, loaded.tokenizer
-                    if ev.checkpoint == "best-dev":  # evaluate the kept adapter instead
-                        del loaded, model
-                        model, tokenizer = _trained(config, splits, run_dir)
-                if provenance is None:
-                    source = base.source if base else str(config.model.spec)
-                    if base is None:
-                        source = load_base(config, splits).source
-                    provenance = _provenance(config, source, command)
-                    _write_json_atomic(prov_file, provenance)
-                hyps, eval_seconds = evaluate_model(
-                    model,
-                    tokenizer,
-                    tests,
-                    run_dir,
-                    template=config.data.template,
-                    decode_config=decoding,
-                    progress=progress,
-                )
-            if settings.kind == "copy":
-                from vardecouple.evaluate import write_lines_atomic
-
-                for d, lines in hyps.items():
-                    write_lines_atomic(run_dir / "hypotheses" / f"{d}.txt", lines)
-            if settings.kind == "train":
-                summary = json.loads((run_dir / "train_summary.json").read_text())
-                record |= {
-                    "steps": summary["steps"],
-                    "train_seconds": summary["train_seconds"],
-                    "checkpoint": _checkpoint_note(run_dir, ev.checkpoint, summary["steps"]),
-                    "overlap": _overlap(run_dir, out),
-                    "lambda": _start_lambda(run_dir),
-                }
-            metrics = score_hypotheses(
-                hyps,
-                tests,
-                identifier,
-                config.data.standard,
-                n_samples=ev.bootstrap_samples,
-                seed=ev.bootstrap_seed,
-                comet=_comet(config),
-            )
-            for d in metrics:
-                metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
-            record |= {"metrics": metrics, "eval_seconds": eval_seconds}
-            _write_json_atomic(finished, record)
-            runs.setdefault(arm, {})[str(seed)] = record
-            del model
+            finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
+            runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
+    context.base = None
     if provenance is None:
         provenance = _provenance(config, str(config.model.spec), command)
     provenance = provenance | {
@@ -451,7 +376,7 @@ def run_experiment(
         "provenance": provenance,
         "signatures": signatures(),
         "directions": {d: {"kind": kinds[d], "n": len(tests[d])} for d in tests},
-        "variety_identifier": id_info,
+        "variety_identifier": context.identifier_info,
         "bootstrap": {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed},
         "runs": runs,
         "summary": summary,
@@ -494,6 +419,127 @@ def _checkpoint_note(run_dir: Path, which: str, steps: int) -> str:
         f"best dev loss {best['dev_loss']:.4f} at step {best['step']} of {steps} "
         "(dev loss measured every train.checkpoint_every steps and at the end)"
     )
+
+
+@dataclass
+class _Context:
+    """What every (arm, seed) of a run shares."""
+
+    config: ExperimentConfig
+    out: Path
+    splits: Splits
+    tests: dict[str, list]
+    identifier: Any
+    identifier_info: dict[str, Any]
+    decoding: Any
+    progress: bool
+    base: Any = None
+
+
+def _context(config: ExperimentConfig, out: Path) -> _Context:
+    """A worker's context, rebuilt from the config (deterministic: same splits)."""
+    from vardecouple.decode import DecodeConfig
+    from vardecouple.evaluate import test_sets, train_identifier
+
+    splits = prepare_data(config)
+    tests = test_sets(splits, config.eval.max_examples)
+    identifier, info = train_identifier(splits, tests, seed=config.data.seed)
+    ev = config.eval
+    decoding = DecodeConfig(
+        batch_size=ev.batch_size,
+        length_ratio=ev.length_ratio,
+        max_new_tokens=ev.max_new_tokens,
+        num_beams=ev.num_beams,
+    )
+    return _Context(config, out, splits, tests, identifier, info, decoding, progress=False)
+
+
+def _worker(config: ExperimentConfig, out: Path, arm: str, seed: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _arm_seed(_context(config, out), arm, seed)
+
+
+def _parallel(config: ExperimentConfig, out: Path, arm: str, seeds: list[int], jobs: int) -> None:
+    """Train and evaluate ``seeds`` of ``arm`` in ``jobs`` processes (spawned)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=context) as pool:
+        futures = [pool.submit(_worker, config, out, arm, seed, threads) for seed in seeds]
+        for future in futures:
+            future.result()  # re-raises a worker's error
+
+
+def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
+    """Train (or not) and evaluate one arm with one seed; writes its ``eval.json``."""
+    from vardecouple.evaluate import evaluate_model, score_hypotheses, write_lines_atomic
+
+    config, out, splits, tests = ctx.config, ctx.out, ctx.splits, ctx.tests
+    settings, ev = config.arm(arm), config.eval
+    run_dir = out / "runs" / arm / f"seed-{seed}"
+    record: dict[str, Any] = {"kind": settings.kind, "steps": 0, "train_seconds": 0.0}
+    record |= {"checkpoint": "no training", "lambda": None}
+    if settings.kind == "copy":
+        hyps = {d: [ex.src_text for ex in rows] for d, rows in tests.items()}
+        for d, lines in hyps.items():
+            write_lines_atomic(run_dir / "hypotheses" / f"{d}.txt", lines)
+        eval_seconds = 0.0
+    else:
+        if settings.kind == "base":
+            ctx.base = ctx.base or load_base(config, splits)
+            model, tokenizer = ctx.base.model, ctx.base.tokenizer
+        elif (run_dir / "train_summary.json").exists():
+            model, tokenizer = _trained(config, splits, run_dir)
+        else:
+            target = settings.match_penalty_of
+            match = _start_target(out / "runs" / target / f"seed-{seed}") if target else None
+            _, loaded = train_arm(
+                config,
+                arm,
+                run_dir,
+                seed=seed,
+                resume=(run_dir / "train_log.jsonl").exists(),
+                progress=ctx.progress,
+                match_penalty=match,
+                splits=splits,
+            )
+            model, tokenizer = loaded.model, loaded.tokenizer
+            if ev.checkpoint == "best-dev":  # evaluate the kept adapter instead
+                del loaded, model
+                model, tokenizer = _trained(config, splits, run_dir)
+        hyps, eval_seconds = evaluate_model(
+            model,
+            tokenizer,
+            tests,
+            run_dir,
+            template=config.data.template,
+            decode_config=ctx.decoding,
+            progress=ctx.progress,
+        )
+    if settings.kind == "train":
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        record |= {
+            "steps": summary["steps"],
+            "train_seconds": summary["train_seconds"],
+            "checkpoint": _checkpoint_note(run_dir, ev.checkpoint, summary["steps"]),
+            "overlap": _overlap(run_dir, out),
+            "lambda": _start_lambda(run_dir),
+        }
+    metrics = score_hypotheses(
+        hyps,
+        tests,
+        ctx.identifier,
+        config.data.standard,
+        n_samples=ev.bootstrap_samples,
+        seed=ev.bootstrap_seed,
+        comet=_comet(config),
+    )
+    for d in metrics:
+        metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
+    record |= {"metrics": metrics, "eval_seconds": eval_seconds}
+    _write_json_atomic(run_dir / "eval.json", record)
 
 
 def _start_lambda(run_dir: Path) -> float | None:
