@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--varieties", nargs="+", default=None, help="default: all other codes")
     d.add_argument("--model", default="tiny-random", help="model spec (with --corpus)")
     d.add_argument("--steps", type=_positive_int, default=None, help="training steps per arm")
-    d.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
+    d.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
     d.add_argument("--test-rows", type=_positive_int, default=None, help="test rows")
     d.add_argument("--pretrain-steps", type=_positive_int, default=None)
     d.add_argument("--lam", type=float, default=None, help="λ of the decoupled arm")

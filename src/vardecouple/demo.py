@@ -46,12 +46,13 @@ class DemoConfig:
     divergence: float = 0.35
     study_rows: int = 2000
     pretrain_rows: int = 3000
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 1500
     hidden_size: int = 128
     num_layers: int = 4
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 16
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1)
+    jobs: int = 2  # seeds trained at once (processes of one thread each)
     test_rows: int = 100
     lam: float = 0.1
     seed: int = 0
@@ -324,5 +325,6 @@ def _run(
     text = _config_text(folder, std, codes, spec, demo, real=corpus is not None)
     path = out / "demo.toml"
     path.write_text(text, encoding="utf-8")
-    run_experiment(load_config(path), out / "run", command=command, progress=progress)
+    jobs = min(demo.jobs, os.cpu_count() or 1)
+    run_experiment(load_config(path), out / "run", command=command, progress=progress, jobs=jobs)
     return out / "run" / "report.md"
