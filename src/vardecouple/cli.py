@@ -84,8 +84,8 @@ def _planted(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vardecouple.arms import train_arm
     from vardecouple.config import load_config
-    from vardecouple.experiment import train_arm
 
     config = load_config(args.config, data_root=args.data_root)
     seed = args.seed if args.seed is not None else config.train.seeds[0]

@@ -46,7 +46,7 @@ class DemoConfig:
     divergence: float = 0.35
     study_rows: int = 2000
     pretrain_rows: int = 3000
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 2000
     hidden_size: int = 128
     num_layers: int = 4
     steps: int = 600

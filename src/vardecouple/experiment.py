@@ -1,14 +1,15 @@
-"""From a config to trained arms: data → model → decoupler → training loop.
+"""Experiments: every arm × seed of a config trained, evaluated and summarised.
 
-:func:`prepare_data` loads and splits the corpora the config names;
-:func:`train_arm` fine-tunes one arm with one seed into an output folder (resumable)
-and saves the adapter there.
+:func:`run_experiment` (``vardecouple run``) trains and evaluates each arm with each seed
+into ``OUT/runs/ARM/seed-S/`` (resumable at arm, seed and checkpoint granularity; a
+finished one is never recomputed), then writes ``OUT/results.json``
+(:mod:`vardecouple.results`) and ``OUT/report.md`` (:mod:`vardecouple.report`).
+:func:`evaluate_one` (``vardecouple eval``) evaluates one model and adapter.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,8 +19,12 @@ from typing import Any
 
 import torch
 
+from vardecouple.arms import load_base, prepare_data, tokenized_features, train_arm
 from vardecouple.config import ExperimentConfig
-from vardecouple.data import Splits, format_example, load_corpus, make_splits, tokenize_example
+from vardecouple.data import Splits
+from vardecouple.results import deltas_vs_standard, summarize, validate_results
+from vardecouple.results import provenance as _provenance
+from vardecouple.results import write_json_atomic as _write_json_atomic
 
 __all__ = [
     "evaluate_one",
@@ -32,147 +37,6 @@ __all__ = [
 ]
 
 
-def prepare_data(config: ExperimentConfig) -> Splits:
-    """Load every corpus of ``[data]`` in place and make the de-duplicated splits."""
-    d = config.data
-    corpora = [
-        load_corpus(config.resolve(c.path), format=c.format, split=c.split, varieties=c.varieties)
-        for c in d.corpora
-    ]
-    tests = [
-        load_corpus(config.resolve(c.path), format=c.format, split=c.split, varieties=c.varieties)
-        for c in d.test_corpora
-    ]
-    return make_splits(
-        corpora,
-        standard=d.standard,
-        varieties=d.varieties,
-        directions=d.directions,
-        pivot=d.pivot,
-        dev_rows=d.dev_rows,
-        probe_rows=d.probe_rows,
-        test_rows=d.test_rows,
-        test_corpora=tests,
-        seed=d.seed,
-    )
-
-
-def tokenized_features(
-    config: ExperimentConfig, splits: Splits, tokenizer: Any, examples: list | None = None
-) -> list[dict]:
-    """Prompt-formatted, tokenized training examples (loss on target tokens only)."""
-    if examples is None and config.data.max_train_examples is not None:
-        examples = splits.train[: config.data.max_train_examples]
-    examples = splits.train if examples is None else examples
-    features = []
-    for ex in examples:
-        prompt, target = format_example(ex, config.data.template, tokenizer)
-        f = tokenize_example(tokenizer, prompt, target, max_length=config.data.max_length)
-        f["low_resource"] = ex.tgt != config.data.standard
-        features.append(f)
-    return features
-
-
-def _corpus_texts(splits: Splits) -> list[str]:
-    texts = [t for ex in splits.train for t in (ex.src_text, ex.tgt_text)]
-    return texts + [s.text for s in splits.probe]
-
-
-def train_arm(
-    config: ExperimentConfig,
-    arm: str,
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
-    match_penalty: float | None = None,
-    splits: Splits | None = None,
-) -> tuple[dict[str, Any], Any]:
-    """Train arm ``arm`` with ``seed``; writes the log, summary and ``adapter/`` to ``out_dir``.
-
-    Returns the training summary and the :class:`~vardecouple.model.LoadedModel` (its
-    model now the trained peft model). ``match_penalty``: λ·L(step 0) to match.
-    """
-    from vardecouple.decouple import OnlineDecoupler
-    from vardecouple.model import add_lora
-    from vardecouple.train import train
-
-    # fails early on a bad arm
-    decoupler_config = config.decoupler_config(arm, seed=seed, match_penalty=match_penalty)
-    out = Path(out_dir)
-    if (out / "train_summary.json").exists():  # before any loading
-        raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
-    if not resume and (out / "train_log.jsonl").exists():
-        raise FileExistsError(f"train: {out} holds a started run; pass --resume to continue it")
-    splits = splits or prepare_data(config)
-    loaded = load_base(config, splits)
-    lora = config.lora
-    add_lora(
-        loaded,
-        r=lora.r,
-        alpha=lora.alpha,
-        dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        seed=seed,
-    )
-    features = tokenized_features(config, splits, loaded.tokenizer)
-    dev = None
-    if config.eval.checkpoint == "best-dev":
-        if not splits.dev:
-            raise ValueError("eval.checkpoint = 'best-dev' needs a dev split (data.dev_rows > 0)")
-        dev = tokenized_features(config, splits, loaded.tokenizer, examples=splits.dev)
-    decoupler = OnlineDecoupler(decoupler_config, splits.probe, loaded.num_layers)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = config.model_dump() | {"arm": arm, "seed": seed}
-    (out / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
-    (out / "splits.txt").write_text(splits.describe() + "\n")
-    summary = train(
-        loaded.model,
-        loaded.tokenizer,
-        features,
-        decoupler,
-        config.train_config(seed),
-        out,
-        progress=progress,
-        resume=resume,
-        dev_features=dev,
-    )
-    tmp = out / ".adapter.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    loaded.model.save_pretrained(tmp)
-    if (out / "adapter").exists():
-        shutil.rmtree(out / "adapter")
-    os.replace(tmp, out / "adapter")
-    return summary, loaded
-
-
-def load_base(config: ExperimentConfig, splits: Splits) -> Any:
-    """The config's model without adapters (``tiny-random`` builds its tokenizer on the data)."""
-    from vardecouple.model import load_model
-
-    return load_model(
-        config.model.spec,
-        corpus_texts=_corpus_texts(splits) if config.model.spec == "tiny-random" else None,
-        dtype=getattr(torch, config.model.dtype),
-        trust_remote_code=config.model.trust_remote_code,
-    )
-
-
-# --------------------------------------------------------------------------- run
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=1, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _arm_order(config: ExperimentConfig) -> list[str]:
     """copy/base first, then trained arms, a matched arm after the arm it matches."""
     names = list(config.arms)
@@ -183,15 +47,15 @@ def _arm_order(config: ExperimentConfig) -> list[str]:
     return fixed + plain + [a for a in names if a not in fixed and a not in plain]
 
 
-def _start_target(run_dir: Path) -> float:
-    """λ·L(step 0) of a finished or started trained arm, from its log's step-0 refresh."""
+def _start(run_dir: Path) -> tuple[float, float]:
+    """(λ, L(step 0)) of a started trained arm, from its log's step-0 refresh."""
     log = run_dir / "train_log.jsonl"
     if log.exists():
         for line in log.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             if "start_penalty" in record:
-                return float(record["lambda"]) * float(record["start_penalty"])
-    raise ValueError(f"run: {log} has no step-0 penalty to match")
+                return float(record["lambda"]), float(record["start_penalty"])
+    raise ValueError(f"run: {log} has no step-0 penalty (λ·L to match)")
 
 
 def _overlap(run_dir: Path, out: Path) -> dict[str, Any]:
@@ -204,61 +68,6 @@ def _overlap(run_dir: Path, out: Path) -> dict[str, Any]:
         "final": refreshes[-1]["overlap"],
         "by_step": str(log.relative_to(out)),
     }
-
-
-def _provenance(config: ExperimentConfig, source: str, command: str) -> dict[str, Any]:
-    import platform
-    import subprocess
-    from importlib.metadata import version
-
-    from vardecouple.model import sha256_file
-
-    try:
-        sha = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    src = Path(source)
-    weights = sorted(src.glob("*.safetensors")) if src.is_dir() else [src] if src.is_file() else []
-    digest = None
-    if weights:
-        digest = ",".join(sha256_file(w) for w in weights)
-    cpu = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in info.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = f"{names[0]} x{len(names)}" if names else cpu
-    return {
-        **{
-            name: version(name)
-            for name in ("vardecouple", "torch", "transformers", "peft", "sacrebleu")
-        },
-        "git_sha": sha,
-        "model_sha256": digest,
-        "command": command,
-        "machine": f"{platform.system()} {platform.release()}, {cpu}, torch threads "
-        f"{torch.get_num_threads()}",
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _mean_sd(values: list[float]) -> dict[str, Any]:
-    import statistics
-
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "sd": sd, "n_seeds": len(values)}
 
 
 def run_experiment(
@@ -283,7 +92,7 @@ def run_experiment(
         direction_kinds,
         read_lines,
     )
-    from vardecouple.metrics import paired_bootstrap, signatures
+    from vardecouple.metrics import signatures
 
     out = Path(out_dir)
     resolved = config.model_dump(exclude={"source", "data_root"})
@@ -312,7 +121,7 @@ def run_experiment(
     provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
     if provenance is None:
         context.base = load_base(config, splits)
-        provenance = _provenance(config, context.base.source, command)
+        provenance = _provenance(context.base.source, command)
         _write_json_atomic(prov_file, provenance)
     runs: dict[str, dict[str, Any]] = {}
     for arm in _arm_order(config):
@@ -329,47 +138,19 @@ def run_experiment(
             runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
     context.base = None
     if provenance is None:
-        provenance = _provenance(config, str(config.model.spec), command)
+        provenance = _provenance(str(config.model.spec), command)
     provenance = provenance | {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
     }
-    summary = {
-        arm: {
-            d: {
-                m: _mean_sd([runs[arm][s]["metrics"][d][m] for s in runs[arm]])
-                for m in ("chrf++", "bleu", "target_variety_rate")
-            }
-            for d in tests
-        }
-        for arm in runs
-    }
+    refs = {d: [ex.tgt_text for ex in rows] for d, rows in tests.items()}
 
-    def hyp_sets(arm: str, d: str) -> list[list[str]]:
-        return [
-            read_lines(out / runs[arm][s]["metrics"][d]["hypotheses"], len(tests[d]))
-            for s in runs[arm]
-        ]
+    def hypotheses(arm: str, seed: str, d: str) -> list[str]:
+        return read_lines(out / runs[arm][seed]["metrics"][d]["hypotheses"], len(tests[d]))
 
-    deltas: dict[str, Any] = {}
-    if "standard" in runs:
-        low = [d for d in tests if kinds[d] == "low-resource"]
-        for arm in runs:
-            if arm == "standard":
-                continue
-            deltas[arm] = {}
-            groups = [(d, [d]) for d in tests] + ([("mean_low_resource", low)] if low else [])
-            for name, dirs in groups:
-                blocks = [
-                    ([ex.tgt_text for ex in tests[d]], hyp_sets(arm, d), hyp_sets("standard", d))
-                    for d in dirs
-                ]
-                deltas[arm][name] = {
-                    m: paired_bootstrap(
-                        blocks, metric=m, n_samples=ev.bootstrap_samples, seed=ev.bootstrap_seed
-                    ).to_dict()
-                    for m in ("chrf++", "bleu")
-                }
+    deltas = deltas_vs_standard(
+        runs, refs, kinds, hypotheses, n_samples=ev.bootstrap_samples, seed=ev.bootstrap_seed
+    )
     results = {
         "schema_version": 1,
         "config": resolved,
@@ -379,7 +160,7 @@ def run_experiment(
         "variety_identifier": context.identifier_info,
         "bootstrap": {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed},
         "runs": runs,
-        "summary": summary,
+        "summary": summarize(runs, list(tests)),
         "deltas": deltas,
     }
     validate_results(results)
@@ -494,7 +275,7 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
             model, tokenizer = _trained(config, splits, run_dir)
         else:
             target = settings.match_penalty_of
-            match = _start_target(out / "runs" / target / f"seed-{seed}") if target else None
+            match = _start(out / "runs" / target / f"seed-{seed}") if target else None
             _, loaded = train_arm(
                 config,
                 arm,
@@ -502,7 +283,7 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
                 seed=seed,
                 resume=(run_dir / "train_log.jsonl").exists(),
                 progress=ctx.progress,
-                match_penalty=match,
+                match_penalty=match[0] * match[1] if match else None,
                 splits=splits,
             )
             model, tokenizer = loaded.model, loaded.tokenizer
@@ -525,7 +306,7 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
             "train_seconds": summary["train_seconds"],
             "checkpoint": _checkpoint_note(run_dir, ev.checkpoint, summary["steps"]),
             "overlap": _overlap(run_dir, out),
-            "lambda": _start_lambda(run_dir),
+            "lambda": _start(run_dir)[0],
         }
     metrics = score_hypotheses(
         hyps,
@@ -540,29 +321,6 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
         metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
     record |= {"metrics": metrics, "eval_seconds": eval_seconds}
     _write_json_atomic(run_dir / "eval.json", record)
-
-
-def _start_lambda(run_dir: Path) -> float | None:
-    for line in (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "start_penalty" in record:
-            return float(record["lambda"])
-    return None
-
-
-def validate_results(results: dict[str, Any]) -> None:
-    """Check ``results`` against the shipped JSON Schema (``schemas/results.schema.json``)."""
-    from importlib.resources import files
-
-    import jsonschema
-
-    schema = json.loads((files("vardecouple") / "schemas" / "results.schema.json").read_text())
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(results)
-    )
-    if error is not None:
-        where = "/".join(map(str, error.absolute_path)) or "(top)"
-        raise ValueError(f"results.json: {where}: {error.message}")
 
 
 def evaluate_one(
@@ -632,7 +390,7 @@ def evaluate_one(
         "signatures": signatures(),
         "variety_identifier": id_info,
         "eval_seconds": seconds,
-        "provenance": _provenance(config, loaded.source, command),
+        "provenance": _provenance(loaded.source, command),
     }
     _write_json_atomic(out / "scores.json", scores)
     return out / "scores.json"

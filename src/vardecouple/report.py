@@ -37,6 +37,8 @@ PLOTS = (
 )
 ALPHA = 0.05
 MEAN_LR = "mean_low_resource"
+MEAN_STD = "mean_standard"  # the trade-off: directions into the standard variety
+MEANS = {MEAN_LR: "mean over low-resource", MEAN_STD: "mean into the standard"}
 NAMES = {"chrf++": "chrF++", "bleu": "BLEU", "target_variety_rate": "Target-variety rate (%)"}
 Tables = list[dict[str, Any]]  # one overlap table {VARIETY: {own, reference}} per seed
 
@@ -247,7 +249,7 @@ def _plot_scores(run: _Run, path: Path, metric: str, title: str) -> str:
 def _plot_deltas(run: _Run, path: Path) -> None:
     deltas = run.res["deltas"]
     arms = [a for a in run.arms if deltas.get(a)]
-    groups = [d for d in [*run.dirs, MEAN_LR] if any(d in deltas[a] for a in arms)]
+    groups = [d for d in [*run.dirs, *MEANS] if any(d in deltas[a] for a in arms)]
     w, _ = _wide(len(groups), len(arms))
     fig = Figure(figsize=(w, 7), layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
@@ -280,12 +282,13 @@ def _plot_deltas(run: _Run, path: Path) -> None:
                 if sig:
                     ax.annotate("*", (x, d["ci95"][1]), ha="center", va="bottom", fontsize=13)
         ax.axhline(0, color="black", lw=0.8)
-        if MEAN_LR in groups and len(groups) > 1:
-            ax.axvline(len(groups) - 1.5, color="grey", ls=":", lw=1)
+        means = sum(g in MEANS for g in groups)
+        if means and len(groups) > means:
+            ax.axvline(len(groups) - means - 0.5, color="grey", ls=":", lw=1)
         ax.margins(y=0.12)
         ax.set_ylabel(f"Δ {NAMES[metric]} vs standard")
         ax.grid(axis="y", alpha=0.3)
-        labels = ["mean over low-resource" if g == MEAN_LR else g for g in groups]
+        labels = [MEANS.get(g, g) for g in groups]
         ax.set_xticks(range(len(groups)), labels, rotation=30, ha="right")
     fig.suptitle("Difference to the standard arm, paired bootstrap 95% CI")
     axes[1].set_xlabel("direction")
@@ -446,13 +449,13 @@ def _results(run: _Run, captions: list[str]) -> list[str]:
     ]
 
 
-def _sentence(arm: str, d: dict[str, Any] | None) -> str:
+def _sentence(arm: str, d: dict[str, Any] | None, what: str = "low-resource directions") -> str:
     if d is None:
-        return f"{arm} vs standard: no mean over low-resource directions in results.json."
+        return f"{arm} vs standard: no mean over {what} in results.json."
     p, (lo, hi) = d["p_value"], d["ci95"]
     verdict = "significant" if p < ALPHA else "not significant"
     return (
-        f"{arm} vs standard: mean over low-resource directions {_signed(d['delta'])} chrF++ "
+        f"{arm} vs standard: mean over {what} {_signed(d['delta'])} chrF++ "
         f"(95% CI {_signed(lo)} … {_signed(hi)}, p {'' if p < 0.001 else '= '}{_p(p)}): "
         f"{verdict} at {ALPHA}."
     )
@@ -464,10 +467,15 @@ def _significance(run: _Run) -> list[str]:
     if not arms:
         return ["No deltas against the standard arm in results.json."]
     out = [f"- {_sentence(a, deltas[a].get(MEAN_LR, {}).get('chrf++'))}" for a in arms]
+    out += [
+        f"- {_sentence(a, deltas[a][MEAN_STD]['chrf++'], 'directions into the standard')}"
+        for a in arms
+        if MEAN_STD in deltas[a]
+    ]
     rows = []
     for arm in arms:
-        for g in (g for g in [*run.dirs, MEAN_LR] if g in deltas[arm]):
-            cells = [arm, "mean over low-resource" if g == MEAN_LR else f"`{g}`"]
+        for g in (g for g in [*run.dirs, *MEANS] if g in deltas[arm]):
+            cells = [arm, MEANS.get(g, f"`{g}`")]
             for x in (deltas[arm][g]["chrf++"], deltas[arm][g]["bleu"]):
                 lo, hi = x["ci95"]
                 star = "*" if x["p_value"] < ALPHA else ""
