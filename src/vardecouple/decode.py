@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vardecouple.data.prompts import _prompt_ids
 
-__all__ = ["DecodeConfig", "decode", "prompt_ids", "stop_ids"]
+__all__ = ["DecodeConfig", "decode", "left_padded", "prompt_ids", "stop_ids"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,17 @@ def prompt_ids(tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:
     return prefix + ids[-room:]
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``rows`` padded on the left to one width."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[k, width - len(r) :] = 1
+    return ids, mask
+
+
 def _first_line(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
@@ -91,13 +102,7 @@ def _greedy_batch(
     model: nn.Module, rows: list[list[int]], budgets: list[int], stops: torch.Tensor, pad: int
 ) -> list[list[int]]:
     device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, r in enumerate(rows):
-        ids[k, width - len(r) :] = torch.tensor(r)
-        mask[k, width - len(r) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = (t.to(device) for t in left_padded(rows, pad))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out: list[list[int]] = [[] for _ in rows]
     alive = torch.arange(len(rows), device=device)  # original row of each batch row
@@ -142,12 +147,8 @@ def _beam_batch(
     num_beams: int,
 ) -> list[list[int]]:
     device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for k, r in enumerate(rows):
-        ids[k, width - len(r) :] = torch.tensor(r)
-        mask[k, width - len(r) :] = 1
+    ids, mask = left_padded(rows, pad)
+    width = ids.shape[1]
     generated = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
