@@ -174,6 +174,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from vardecouple.probing import run_probe
+
+    path = run_probe(
+        args.model,
+        args.corpus,
+        args.standard,
+        args.out,
+        varieties=args.varieties,
+        adapters=args.adapter,
+        layers=args.layers,
+        max_rows=args.max_rows,
+        rank=args.rank,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    print(f"probe: {path}\nplots: {path.parent / 'plots'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vardecouple",
@@ -256,6 +277,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("run_dir", help="a folder written by `vardecouple run`")
     rep.set_defaults(func=_report)
+    pb = sub.add_parser(
+        "probe",
+        help="geometry and codelengths of the varieties' sentence states, layer by layer",
+        description=(
+            "Probe a model (and LoRA adapters) on a line-aligned corpus: per decoder layer "
+            "and variety, L2/cosine distance, linear CKA, principal angles, overlap and the "
+            "online/variational codelengths; OUT/probe.json and OUT/plots/."
+        ),
+    )
+    pb.add_argument("--model", required=True, help="model spec (gemma3-270m, tiny-random, ...)")
+    pb.add_argument(
+        "--adapter",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="peft adapter folder(s), each probed after the base model",
+    )
+    pb.add_argument("--corpus", required=True, help="a line-aligned corpus folder")
+    pb.add_argument("--standard", required=True, help="the standard variety code")
+    pb.add_argument("--varieties", nargs="+", default=None, help="default: all other codes")
+    pb.add_argument("--layers", default="all", help="all or 0-based indices, e.g. 0,3,9")
+    pb.add_argument(
+        "--max-rows", type=_positive_int, default=1000, help="first N rows (default 1000)"
+    )
+    pb.add_argument("--rank", type=_positive_int, default=4, help="PCA rank K (default 4)")
+    pb.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
+    pb.add_argument(
+        "--max-length", type=_positive_int, default=256, help="tokens per sentence (default 256)"
+    )
+    pb.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
+    pb.add_argument("--out", required=True, help="output folder (probe.json, plots/)")
+    pb.set_defaults(func=_probe)
     p = sub.add_parser(
         "planted",
         help="recover a planted subspace with every estimator (a quick self-check)",
