@@ -19,8 +19,8 @@ def no_warnings():
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
-#: A miniature experiment: tiny-random, German–Low German, every arm kind, 2 seeds.
-MINI_CONFIG = f"""
+#: A miniature experiment: tiny-random, German–Low German, copy/base/train arms, 2 seeds.
+MINI_CORE = f"""
 
 name = "mini"
 [data]
@@ -62,6 +62,17 @@ penalize = false
 estimator = "random"
 match_penalty_of = "decoupled"
 """
+
+#: What the full run adds to the mini experiment: an erase arm and the layer-wise probe.
+MINI_EXTRA = """
+[arms.erase]
+kind = "erase"
+erase_on = "standard"
+[probe]
+max_rows = 40
+rank = 2
+"""
+MINI_CONFIG = MINI_CORE + MINI_EXTRA
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 import sacrebleu
 
 from conftest import MINI_CONFIG as MINI
+from conftest import MINI_CORE
 from vardecouple import experiment
 from vardecouple.cli import main
 from vardecouple.config import ConfigError, load_config
@@ -27,8 +28,13 @@ def finished(tmp_path_factory) -> Path:
 def test_results_follow_the_schema_and_the_contract(finished: Path) -> None:
     results = json.loads((finished / "out" / "results.json").read_text())
     validate_results(results)  # raises on any schema violation
-    assert set(results["runs"]) == {"copy", "base", "standard", "decoupled", "random"}
+    assert set(results["runs"]) == {"copy", "base", "standard", "decoupled", "random", "erase"}
     assert set(results["runs"]["decoupled"]) == {"0", "1"}
+    assert set(results["runs"]["erase"]) == {"0", "1"}  # one per seed of the standard arm
+    erasure = results["runs"]["erase"]["0"]["erasure"]
+    assert erasure["on"] == "standard" and erasure["layers"] == [1] and erasure["alpha"] == 1
+    for o in erasure["later_overlap"]["1"].values():  # zero at the erased layer (α = 1)
+        assert o["plain"] > 1e-4 and o["erased"] < 1e-9
     assert set(results["runs"]["copy"]) == {"0"}
     assert results["directions"]["deu_Latn->nds_Latn"]["kind"] == "low-resource"
     assert results["directions"]["nds_Latn->deu_Latn"]["kind"] == "standard"
@@ -42,6 +48,26 @@ def test_results_follow_the_schema_and_the_contract(finished: Path) -> None:
         assert results["summary"]["decoupled"][d]["chrf++"]["mean"] == pytest.approx(
             sum(seeds) / len(seeds)
         )
+
+
+def test_probe_reads_held_out_rows_of_base_and_every_trained_arm(finished: Path) -> None:
+    out = finished / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["probe"] == "probe/probe.json"
+    probe = json.loads((out / "probe" / "probe.json").read_text())
+    assert list(probe["results"]) == ["base", "standard", "decoupled", "random"]
+    assert probe["adapters"]["decoupled"].endswith("runs/decoupled/seed-0/adapter")
+    assert probe["rows"] == 40 and probe["layers"] == [0, 1, 2, 3]
+    splits = experiment.prepare_data(load_config(finished / "mini.toml"))
+    trained_on = {t for ex in splits.train for t in (ex.src_text, ex.tgt_text)}
+    for code in ("deu_Latn", "nds_Latn"):
+        rows = (out / "probe" / "rows" / f"{code}.txt").read_text().splitlines()
+        assert len(rows) == 40 and not trained_on & set(rows)  # held out from training
+    # a fine-tuned arm's states differ from the base model's
+    assert probe["results"]["standard"]["1"] != probe["results"]["base"]["1"]
+    report = (out / "report.md").read_text()
+    assert "## Probing" in report and "probe/plots/probe_overlap.png" in report
+    assert (out / "probe" / "plots" / "probe_overlap.png").stat().st_size > 1000
 
 
 def test_copy_arm_scores_equal_sacrebleu_on_the_sources(finished: Path) -> None:
@@ -91,7 +117,7 @@ def test_a_finished_run_is_not_overwritten(finished: Path, capsys) -> None:
 def test_resume_after_a_crash_between_arms_recomputes_nothing_finished(
     tmp_path: Path, monkeypatch
 ) -> None:
-    text = MINI.replace("seeds = [0, 1]", "seeds = [0]")
+    text = MINI_CORE.replace("seeds = [0, 1]", "seeds = [0]")
     (tmp_path / "mini.toml").write_text(text)
     config = load_config(tmp_path / "mini.toml")
     real = experiment.train_arm
@@ -146,7 +172,7 @@ def test_validate_results_names_the_problem(finished: Path) -> None:
 def test_best_dev_checkpoint_is_the_lowest_dev_loss_and_is_what_gets_evaluated(
     tmp_path: Path,
 ) -> None:
-    text = MINI.replace("seeds = [0, 1]", "seeds = [0]").replace(
+    text = MINI_CORE.replace("seeds = [0, 1]", "seeds = [0]").replace(
         "max_new_tokens = 12", 'max_new_tokens = 12\ncheckpoint = "best-dev"'
     )
     text = text.replace("steps = 4", "steps = 6\nlr = 0.05")
@@ -182,7 +208,7 @@ def test_best_dev_checkpoint_is_the_lowest_dev_loss_and_is_what_gets_evaluated(
 
 
 def test_a_missing_comet_checkpoint_fails_before_any_training(tmp_path: Path) -> None:
-    text = MINI.replace("max_new_tokens = 12", 'max_new_tokens = 12\ncomet = "nowhere.ckpt"')
+    text = MINI_CORE.replace("max_new_tokens = 12", 'max_new_tokens = 12\ncomet = "nowhere.ckpt"')
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(FileNotFoundError, match=r"eval\.comet"):
         run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False)
@@ -192,7 +218,7 @@ def test_a_missing_comet_checkpoint_fails_before_any_training(tmp_path: Path) ->
 def test_seeds_in_parallel_processes_give_the_sequential_numbers(
     finished: Path, tmp_path: Path
 ) -> None:
-    text = MINI.replace('[arms.copy]\nkind = "copy"\n', "").replace(
+    text = MINI_CORE.replace('[arms.copy]\nkind = "copy"\n', "").replace(
         '[arms.base]\nkind = "base"\n', ""
     )
     (tmp_path / "p.toml").write_text(text)

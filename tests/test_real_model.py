@@ -219,3 +219,41 @@ def test_batched_decoding_matches_one_at_a_time_on_gemma() -> None:
     assert all(h.strip() for h in one)  # Gemma writes something for every prompt
     same = sum(a == b for a, b in zip(one, eight, strict=True))
     assert same == len(one), [(a, b) for a, b in zip(one, eight, strict=True) if a != b]
+
+
+def test_inference_time_erasure_on_gemma() -> None:
+    """α = 0 reproduces plain generation token for token on Gemma; α = 1 at layer 9
+    zeroes the held-out overlap there (by construction) and the later layers are read
+    against subspaces fitted on the unerased model."""
+    from vardecouple.data import Example, LabelledSentence, format_example
+    from vardecouple.decode import DecodeConfig, decode
+    from vardecouple.erase import EraseConfig, erasing, fit_erasure, later_overlaps
+    from vardecouple.model import load_model
+
+    dev = CORPORA / "flores200" / "dev"
+    probe = [
+        LabelledSentence(text=line, variety=code, label=label, group=row)
+        for label, code in enumerate(VARIETIES)
+        for row, line in enumerate((dev / f"{code}.txt").read_text("utf-8").splitlines()[:60])
+    ]
+    loaded = load_model("gemma3-270m")
+    model, tok = loaded.model, loaded.tokenizer
+    test = CORPORA / "flores200" / "devtest"
+    src = (test / "arb_Arab.txt").read_text(encoding="utf-8").splitlines()[:8]
+    prompts = [format_example(Example("arb_Arab", "arz_Arab", s, "", group=-1))[0] for s in src]
+    config = DecodeConfig(batch_size=8, max_new_tokens=20)
+    plain = decode(model, tok, prompts, src, config, progress=False)
+    zero_cfg = EraseConfig(layers=(9,), alpha=0.0, estimator="mean-diff", rank=1)
+    zero = fit_erasure(model, tok, probe, zero_cfg)
+    with erasing(model, zero):
+        same = decode(model, tok, prompts, src, config, progress=False)
+    assert all(h.strip() for h in plain)
+    assert same == plain
+    full_cfg = EraseConfig(layers=(9,), alpha=1.0, estimator="mean-diff", rank=1)
+    full = fit_erasure(model, tok, probe, full_cfg)
+    table = later_overlaps(model, tok, probe, full, full_cfg)
+    assert sorted(map(int, table)) == list(range(9, 18))
+    for code in VARIETIES:
+        assert table["9"][code]["plain"] > 1e-3
+        assert table["9"][code]["erased"] < 1e-6
+        assert all(0 <= table[str(i)][code]["erased"] <= 1 for i in range(10, 18))

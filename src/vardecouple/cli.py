@@ -138,8 +138,31 @@ def _eval(args: argparse.Namespace) -> int:
     from vardecouple.experiment import evaluate_one
 
     config = load_config(args.config, data_root=args.data_root)
+    erase = None
+    given = (args.erase_layers, args.erase_alpha, args.erase_estimator, args.erase_rank)
+    if any(x is not None for x in given):
+        from vardecouple.erase import EraseConfig
+
+        d = config.decoupler
+        erase = EraseConfig(
+            layers=args.erase_layers if args.erase_layers is not None else (
+                tuple(d.layers) if d.layers is not None else None),
+            alpha=args.erase_alpha if args.erase_alpha is not None else 1.0,
+            estimator=args.erase_estimator or d.estimator,
+            rank=args.erase_rank or d.rank,
+            estimator_options=d.estimator_options if not args.erase_estimator else {},
+            measure_fraction=d.measure_fraction,
+            batch_size=d.probe_batch_size,
+            max_length=config.data.max_length,
+            seed=config.train.seeds[0],
+        )  # fmt: skip
     out = evaluate_one(
-        config, args.out, model=args.model, adapter=args.adapter, command=_command_line()
+        config,
+        args.out,
+        model=args.model,
+        adapter=args.adapter,
+        erase=erase,
+        command=_command_line(),
     )
     print(f"scores: {out}")
     return 0
@@ -247,6 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, help="a LoRA adapter folder (peft)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--data-root", default=None, help="base of relative paths")
+    ers = e.add_argument_group(
+        "inference-time erasure (any of these turns it on; defaults from [decoupler])"
+    )
+    ers.add_argument(
+        "--erase-layers", type=_layer_list, default=None, help="e.g. 9 or 6,9 (default: middle)"
+    )
+    ers.add_argument(
+        "--erase-alpha", type=_alpha, default=None, help="α of h ← h − α·UUᵀ(h − c) (default 1)"
+    )
+    ers.add_argument("--erase-estimator", default=None, help="the estimator fitting U")
+    ers.add_argument("--erase-rank", type=_positive_int, default=None, help="rank of U")
     e.set_defaults(func=_eval)
     d = sub.add_parser(
         "demo",
@@ -339,6 +373,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_planted)
     return parser
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    try:
+        layers = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer indices like 6,9, got {text!r}"
+        ) from None
+    if min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"layer indices are 0-based and >= 0, got {text!r}")
+    return layers
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

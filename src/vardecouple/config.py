@@ -136,13 +136,19 @@ class ArmSection(DecouplerSection):
     """One arm: the decoupler fields it overrides, what it is, and magnitude matching.
 
     ``kind``: ``train`` (LoRA fine-tuning with this arm's decoupler), ``base`` (the model
-    without fine-tuning) or ``copy`` (the source sentence as the hypothesis).
+    without fine-tuning), ``copy`` (the source sentence as the hypothesis) or ``erase``
+    (inference-time erasure, :mod:`vardecouple.erase`: this arm's ``estimator``,
+    ``rank`` and ``layers`` fit the subspace on the model itself, removed with strength
+    ``erase_alpha`` while decoding; on the adapter of each seed of the train arm
+    ``erase_on``, or on the base model when ``erase_on`` is unset).
     ``match_penalty_of = "decoupled"``: λ is set at step 0 so that λ·L(step 0) equals
     that arm's (same seed, same first batch).
     """
 
-    kind: Literal["train", "base", "copy"] = "train"
+    kind: Literal["train", "base", "copy", "erase"] = "train"
     match_penalty_of: str | None = None
+    erase_on: str | None = None
+    erase_alpha: float = Field(1.0, ge=0)
 
 
 class EvalSection(_Strict):
@@ -161,8 +167,23 @@ class EvalSection(_Strict):
     comet: str | None = None  # a local COMET checkpoint (*.ckpt) to score with too
 
 
+class ProbeSection(_Strict):
+    """``vardecouple probe`` of the base model and every trained arm at the end of ``run``.
+
+    The probe reads the held-out rows of the run (dev and test groups that have the
+    standard and every variety), at most ``max_rows``; the adapter of each trained arm's
+    first seed (the evaluated one: final or best on dev). Output: ``OUT/probe/``.
+    """
+
+    layers: str | list[int] = "all"
+    max_rows: int = Field(500, ge=2)
+    rank: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+
 _ARM_FIELDS = set(ArmSection.model_fields)
-_ARM_ONLY = {"kind", "match_penalty_of"}
+_ARM_ONLY = {"kind", "match_penalty_of", "erase_on", "erase_alpha"}
 
 
 class ExperimentConfig(_Strict):
@@ -173,6 +194,7 @@ class ExperimentConfig(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     decoupler: DecouplerSection = Field(default_factory=DecouplerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    probe: ProbeSection | None = None
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: str = ""
     data_root: str = ""
@@ -267,6 +289,7 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
     if not config.arms:
         raise ConfigError(f"config {source}: no [arms.NAME] table; define at least one arm")
     for name in config.arms:
+        _check_erase_on(config, name, str(source))
         target = config.arm(name).match_penalty_of
         if target is None:
             continue
@@ -281,3 +304,21 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
                 f"{where}: {target!r} must be a penalised, trained arm with its own λ"
             )
     return config
+
+
+def _check_erase_on(config: ExperimentConfig, name: str, source: str) -> None:
+    """``erase_on`` belongs to an ``erase`` arm and names a trained arm."""
+    arm = config.arm(name)
+    where = f"config {source}: 'arms.{name}.erase_on'"
+    if arm.erase_on is None:
+        return
+    if arm.kind != "erase":
+        raise ConfigError(f"{where}: only an arm of kind 'erase' erases on another arm")
+    if arm.erase_on not in config.arms or config.arm(arm.erase_on).kind != "train":
+        trained = [a for a in config.arms if config.arm(a).kind == "train"]
+        close = difflib.get_close_matches(arm.erase_on, trained, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{where}: {arm.erase_on!r} is not a trained arm{hint}; trained arms: "
+            f"{', '.join(trained) or 'none'}"
+        )

@@ -22,6 +22,7 @@ import torch
 from vardecouple.arms import load_base, prepare_data, tokenized_features, train_arm
 from vardecouple.config import ExperimentConfig
 from vardecouple.data import Splits
+from vardecouple.erase import erasing
 from vardecouple.results import deltas_vs_standard, summarize, validate_results
 from vardecouple.results import provenance as _provenance
 from vardecouple.results import write_json_atomic as _write_json_atomic
@@ -38,13 +39,23 @@ __all__ = [
 
 
 def _arm_order(config: ExperimentConfig) -> list[str]:
-    """copy/base first, then trained arms, a matched arm after the arm it matches."""
+    """copy/base first, then trained arms, a matched arm after the arm it matches, then
+    the erase arms (they read a trained arm's adapters)."""
     names = list(config.arms)
-    fixed = [a for a in names if config.arm(a).kind != "train"]
+    fixed = [a for a in names if config.arm(a).kind in ("copy", "base")]
     plain = [
         a for a in names if config.arm(a).kind == "train" and not config.arm(a).match_penalty_of
     ]
-    return fixed + plain + [a for a in names if a not in fixed and a not in plain]
+    matched = [a for a in names if config.arm(a).kind == "train" and a not in plain]
+    return fixed + plain + matched + [a for a in names if config.arm(a).kind == "erase"]
+
+
+def _seeds(config: ExperimentConfig, arm: str) -> list[int]:
+    """Every seed for trained arms and erasure on them; the first for the others."""
+    settings = config.arm(arm)
+    if settings.kind == "train" or (settings.kind == "erase" and settings.erase_on):
+        return list(config.train.seeds)
+    return list(config.train.seeds[:1])
 
 
 def _start(run_dir: Path) -> tuple[float, float]:
@@ -126,7 +137,7 @@ def run_experiment(
     runs: dict[str, dict[str, Any]] = {}
     for arm in _arm_order(config):
         settings = config.arm(arm)
-        seeds = config.train.seeds if settings.kind == "train" else config.train.seeds[:1]
+        seeds = _seeds(config, arm)
         todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
         if jobs > 1 and settings.kind == "train" and len(todo) > 1:
             _parallel(config, out, arm, todo, jobs)
@@ -137,6 +148,7 @@ def run_experiment(
             finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
             runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
     context.base = None
+    probe = _probe(config, context, out) if config.probe is not None else None
     if provenance is None:
         provenance = _provenance(str(config.model.spec), command)
     provenance = provenance | {
@@ -163,12 +175,67 @@ def run_experiment(
         "summary": summarize(runs, list(tests)),
         "deltas": deltas,
     }
+    if probe is not None:
+        results["probe"] = str(probe.relative_to(out))
     validate_results(results)
     _write_json_atomic(done_file, results)
     from vardecouple.report import write_report
 
     write_report(out, command=command)
     return done_file
+
+
+def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
+    """Aligned rows of the dev and test groups that have every code (row order kept)."""
+    groups: dict[int, dict[str, str]] = {}
+    for ex in [*splits.dev, *splits.test]:
+        row = groups.setdefault(ex.group, {})
+        row.setdefault(ex.src, ex.src_text)
+        row.setdefault(ex.tgt, ex.tgt_text)
+    rows = [r for _, r in sorted(groups.items()) if all(c in r for c in codes)]
+    return {c: [r[c] for r in rows] for c in codes}
+
+
+def _probe(config: ExperimentConfig, ctx: _Context, out: Path) -> Path:
+    """``vardecouple probe`` of base + each trained arm's first seed on held-out rows."""
+    from vardecouple.evaluate import write_lines_atomic
+    from vardecouple.probing import run_probe
+
+    folder, p = out / "probe", config.probe
+    assert p is not None
+    if (folder / "probe.json").exists():
+        return folder / "probe.json"  # resumed: already probed
+    codes = [config.data.standard, *config.data.varieties]
+    rows = held_out_rows(ctx.splits, codes)
+    n = min(len(rows[codes[0]]), p.max_rows)
+    if n <= p.rank:
+        raise ValueError(
+            f"config {config.source}: [probe] needs more than rank={p.rank} held-out rows with "
+            f"every variety; the dev and test splits have {n}; raise data.test_rows"
+        )
+    for code, lines in rows.items():
+        write_lines_atomic(folder / "rows" / f"{code}.txt", lines[:n])
+    seed = config.train.seeds[0]
+    name = "best-adapter" if config.eval.checkpoint == "best-dev" else "adapter"
+    arms = [a for a in _arm_order(config) if config.arm(a).kind == "train"]
+    adapters = [out / "runs" / arm / f"seed-{seed}" / name for arm in arms]
+    return run_probe(
+        config.model.spec,
+        folder / "rows",
+        config.data.standard,
+        folder,
+        varieties=config.data.varieties,
+        adapters=adapters,
+        layers=p.layers,
+        max_rows=n,
+        rank=p.rank,
+        batch_size=p.batch_size,
+        max_length=config.data.max_length,
+        seed=p.seed,
+        progress=ctx.progress,
+        loader=lambda: load_base(config, ctx.splits),
+        labels=arms,
+    )
 
 
 def _comet(config: ExperimentConfig) -> Path | None:
@@ -268,9 +335,12 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
             write_lines_atomic(run_dir / "hypotheses" / f"{d}.txt", lines)
         eval_seconds = 0.0
     else:
-        if settings.kind == "base":
+        if settings.kind == "base" or (settings.kind == "erase" and not settings.erase_on):
             ctx.base = ctx.base or load_base(config, splits)
             model, tokenizer = ctx.base.model, ctx.base.tokenizer
+        elif settings.kind == "erase":
+            source = out / "runs" / str(settings.erase_on) / f"seed-{seed}"
+            model, tokenizer = _trained(config, splits, source)
         elif (run_dir / "train_summary.json").exists():
             model, tokenizer = _trained(config, splits, run_dir)
         else:
@@ -290,15 +360,19 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
             if ev.checkpoint == "best-dev":  # evaluate the kept adapter instead
                 del loaded, model
                 model, tokenizer = _trained(config, splits, run_dir)
-        hyps, eval_seconds = evaluate_model(
-            model,
-            tokenizer,
-            tests,
-            run_dir,
-            template=config.data.template,
-            decode_config=ctx.decoding,
-            progress=ctx.progress,
-        )
+        erasure = None
+        if settings.kind == "erase":
+            erasure, record["erasure"] = _erasure(config, arm, seed, model, tokenizer, splits)
+        with erasing(model, erasure):
+            hyps, eval_seconds = evaluate_model(
+                model,
+                tokenizer,
+                tests,
+                run_dir,
+                template=config.data.template,
+                decode_config=ctx.decoding,
+                progress=ctx.progress,
+            )
     if settings.kind == "train":
         summary = json.loads((run_dir / "train_summary.json").read_text())
         record |= {
@@ -323,19 +397,51 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
     _write_json_atomic(run_dir / "eval.json", record)
 
 
+def _erasure(
+    config: ExperimentConfig, arm: str, seed: int, model: Any, tokenizer: Any, splits: Splits
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the erase arm's subspaces on ``model``; return them and what to record."""
+    from vardecouple.erase import EraseConfig, fit_erasure, later_overlaps
+
+    settings = config.arm(arm)
+    erase = EraseConfig(
+        layers=tuple(settings.layers) if settings.layers is not None else None,
+        alpha=settings.erase_alpha,
+        estimator=settings.estimator,
+        rank=settings.rank,
+        estimator_options=settings.estimator_options,
+        measure_fraction=settings.measure_fraction,
+        batch_size=settings.probe_batch_size,
+        max_length=config.data.max_length,
+        seed=seed,
+    )
+    erasure = fit_erasure(model, tokenizer, splits.probe, erase)
+    info = erasure.describe() | {
+        "on": settings.erase_on or "base",
+        "estimator": settings.estimator,
+        "later_overlap": later_overlaps(model, tokenizer, splits.probe, erasure, erase),
+    }
+    return erasure, info
+
+
 def evaluate_one(
     config: ExperimentConfig,
     out_dir: str | Path,
     *,
     model: str | None = None,
     adapter: str | Path | None = None,
+    erase: Any = None,
     command: str = "",
     progress: bool = True,
 ) -> Path:
     """``vardecouple eval``: one model (and adapter) on the config's test split.
 
     Writes ``hypotheses/<direction>.txt`` and ``scores.json`` (metrics per direction,
-    signatures, variety-identifier accuracy, provenance) to ``out_dir``.
+    signatures, variety-identifier accuracy, provenance) to ``out_dir``. With ``erase``
+    (an :class:`~vardecouple.erase.EraseConfig`) the subspaces are first fitted on the
+    model (and adapter) itself from the config's probe split, decoding erases them, and
+    ``scores.json`` has an ``erasure`` entry (layers, α, held-out overlaps at every
+    later layer without and with erasure).
     """
     from vardecouple.decode import DecodeConfig
     from vardecouple.evaluate import evaluate_model, score_hypotheses, test_sets, train_identifier
@@ -360,20 +466,30 @@ def evaluate_one(
 
         net = PeftModel.from_pretrained(net, str(adapter))
     ev = config.eval
-    hyps, seconds = evaluate_model(
-        net,
-        loaded.tokenizer,
-        tests,
-        out,
-        template=config.data.template,
-        decode_config=DecodeConfig(
-            batch_size=ev.batch_size,
-            length_ratio=ev.length_ratio,
-            max_new_tokens=ev.max_new_tokens,
-            num_beams=ev.num_beams,
-        ),
-        progress=progress,
-    )
+    erasure, erasure_info = None, None
+    if erase is not None:
+        from vardecouple.erase import fit_erasure, later_overlaps
+
+        erasure = fit_erasure(net, loaded.tokenizer, splits.probe, erase)
+        erasure_info = erasure.describe() | {
+            "estimator": erase.estimator,
+            "later_overlap": later_overlaps(net, loaded.tokenizer, splits.probe, erasure, erase),
+        }
+    with erasing(net, erasure):
+        hyps, seconds = evaluate_model(
+            net,
+            loaded.tokenizer,
+            tests,
+            out,
+            template=config.data.template,
+            decode_config=DecodeConfig(
+                batch_size=ev.batch_size,
+                length_ratio=ev.length_ratio,
+                max_new_tokens=ev.max_new_tokens,
+                num_beams=ev.num_beams,
+            ),
+            progress=progress,
+        )
     metrics = score_hypotheses(
         hyps,
         tests,
@@ -386,6 +502,7 @@ def evaluate_one(
     scores = {
         "model": config.model.spec,
         "adapter": str(adapter) if adapter else None,
+        "erasure": erasure_info,
         "metrics": metrics,
         "signatures": signatures(),
         "variety_identifier": id_info,

@@ -24,7 +24,11 @@ binary labels standard (0) vs ``V`` (1) given the ``2n`` sentence states
 (:func:`~vardecouple.analysis.online_codelength`: Voita & Titov blocks, each block coded
 by a probe trained only on the rows before it;
 :func:`~vardecouple.analysis.variational_codelength`), each with ``*_compression`` =
-N·H(label prior) / codelength (1 = nothing learnt beyond the class frequencies).
+N·H(label prior) / codelength (1 = nothing learnt beyond the class frequencies), and
+``variational_model_bits`` = the variational code's model part KL(q‖p) (with ``d``-dim
+states it is ≳ 1.6 bits per weight, so on small ``N`` it dominates the code; see
+``docs/analysis.md``). ``timing`` holds the seconds per model spent on states and on
+metrics.
 Each layer's entry ``"all"`` holds the four code metrics of the ``K``-class labels
 (standard = 0, then the varieties in order, ``K·n`` states). ``seed`` drives the probes
 (shuffle, initialisation), not the model. Non-finite values are written as ``null``.
@@ -93,6 +97,7 @@ METRICS: dict[str, str] = {  # name -> axis label
     "online_compression": "online compression",
     "variational_codelength": "variational codelength (bits)",
     "variational_compression": "variational compression",
+    "variational_model_bits": "variational model cost KL(q‖p) (bits)",
 }
 CODE_METRICS = tuple(m for m in METRICS if m.startswith(("online", "variational")))
 
@@ -234,6 +239,7 @@ def code_metrics(blocks: Sequence[Tensor], *, seed: int) -> dict[str, float]:
         "online_compression": online.compression,
         "variational_codelength": variational.codelength_bits,
         "variational_compression": variational.compression,
+        "variational_model_bits": variational.model_bits,
     }
 
 
@@ -276,13 +282,18 @@ def run_probe(
     max_length: int = 256,
     seed: int = 0,
     progress: bool = True,
+    loader: Callable[[], Any] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Path:
     """Probe the base ``model``, then each adapter on a freshly loaded base; write
     ``out/probe.json`` and ``out/plots/probe_<metric>.png``; return the JSON's path.
 
     ``varieties`` defaults to every code but the standard; an adapter given twice is
     probed once. Bad input is a one-line ValueError; an existing ``out/probe.json`` a
-    FileExistsError (nothing is overwritten).
+    FileExistsError (nothing is overwritten). ``loader`` (no arguments, returns a
+    :class:`~vardecouple.model.LoadedModel`) replaces :func:`load_model` (a run passes
+    its own: a ``tiny-random`` tokenizer is built on the run's data); ``labels`` name
+    the adapters (default: :func:`model_labels`).
     """
     t0 = time.perf_counter()
     target = Path(out) / "probe.json"
@@ -300,11 +311,16 @@ def run_probe(
         raise ValueError(f"probe: {n} complete rows; rank {rank} needs at least {rank + 1}")
     texts = [t for c in codes for t in rows[c]]
     unique = list(dict.fromkeys(str(Path(a).resolve()) for a in adapters))
-    runs = [("base", None), *zip(model_labels(unique), unique, strict=True)]
+    if labels is not None and (len(labels) != len(unique) or len(set(labels)) < len(labels)):
+        raise ValueError(f"probe: {len(unique)} adapters need as many distinct labels")
+    names = list(labels) if labels is not None else model_labels(unique)
+    runs = [("base", None), *zip(names, unique, strict=True)]
     results: dict[str, Any] = {}
+    timing: dict[str, dict[str, float]] = {}
     chosen: list[int] = []
     for label, adapter in runs:
-        loaded = load_model(model, corpus_texts=texts if model == "tiny-random" else None)
+        loaded = loader() if loader is not None else load_model(
+            model, corpus_texts=texts if model == "tiny-random" else None)  # fmt: skip
         chosen = parse_layers(layers, loaded.num_layers, model)
         if rank > loaded.hidden_size:
             raise ValueError(f"probe: rank {rank} exceeds the hidden size {loaded.hidden_size}")
@@ -315,11 +331,15 @@ def run_probe(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
                 net = PeftModel.from_pretrained(net, adapter).eval()
+        t_states = time.perf_counter()
         states = sentence_states(net, loaded.tokenizer, texts, chosen, batch_size=batch_size,
                                  max_length=max_length, progress=progress, desc=label)  # fmt: skip
+        t_metrics = time.perf_counter()
         bar = tqdm(chosen, desc=f"{label} metrics", unit="layer", disable=not progress, leave=False)
         results[label] = {str(la): _layer_entry(list(states[la].split(n)), codes, rank, seed)
                           for la in bar}  # fmt: skip
+        timing[label] = {"states": round(t_metrics - t_states, 3),
+                         "metrics": round(time.perf_counter() - t_metrics, 3)}  # fmt: skip
     data = {
         "schema": SCHEMA,
         "model": model,
@@ -332,6 +352,7 @@ def run_probe(
         "rank": rank,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 3),
+        "timing": timing,
         "results": results,
     }
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 
 __all__ = ["ALPHA", "PLOTS", "SECTIONS", "load_results", "write_report"]
 
-SECTIONS = ("Setup", "Results", "Significance", "Overlap", "Provenance")
+SECTIONS = ("Setup", "Results", "Significance", "Overlap", "Probing", "Provenance")
 PLOTS = (
     "chrf_by_direction.png",
     "deltas.png",
@@ -402,7 +402,12 @@ def _setup(run: _Run) -> list[str]:
         lam = lam if lam is not None else (s.get("lam") if s.get("penalize", True) else 0.0)
         keys = ("estimator", "rank", "form", "layers", "penalize")
         cols = [f"{lam:g}" if lam is not None else "—", *(str(s.get(k, "—")) for k in keys)]
-        arm_rows.append([arm, run.kind(arm), *(cols if run.kind(arm) == "train" else ["—"] * 6)])
+        if run.kind(arm) == "erase":  # form column: the strength; penalised: what is erased
+            alpha, on = s.get("erase_alpha", 1.0), s.get("erase_on") or "base"
+            cols = ["—", *(str(s.get(k, "—")) for k in keys[:2]), f"erase α={alpha:g}"]
+            cols += [str(s.get("layers", "—")), f"no (erases on {on})"]
+        arm_rows.append([arm, run.kind(arm), *(cols if run.kind(arm) in ("train", "erase")
+                                               else ["—"] * 6)])  # fmt: skip
     head = ["arm", "kind", "λ", "estimator", "rank", "form", "layers", "penalised"]
     out += ["", "Arms:", "", _table(head, arm_rows), "", "Metric signatures:", "", "```"]
     out += [*(f"{k}: {v}" for k, v in res["signatures"].items()), "```", ""]
@@ -510,10 +515,71 @@ def _overlap(run: _Run) -> list[str]:
             i, f = ini.get(la, []), fin.get(la, [])
             vals = [run.ovl(i, low), run.ovl(f, low), run.ovl(i, std), run.ovl(f, std)]
             rows.append([arm, la, *map(_fmt, vals), _fmt(run.ovl(f, low, "own"))])
-    if not rows:
+    erased = _erasure_rows(run)
+    if not rows and not erased:
         return [*out, "No overlap tables in results.json (no trained arm recorded any)."]
     head = ["arm", "layer", "low-res before", "low-res after", "standard before"]
-    return [*out, _table([*head, "standard after", "low-res after, own U"], rows)]
+    if rows:
+        out.append(_table([*head, "standard after", "low-res after, own U"], rows))
+    if erased:
+        out += ["", "Inference-time erasure: overlap of held-out probe states with a subspace "
+                "fitted (same estimator and rank) on the unerased model at each layer from the "
+                "erased one up, read without and with erasure (varieties averaged, then seeds). "
+                "At the erased layer α = 1 makes it zero by construction; the later layers show "
+                "what the network rebuilds.", ""]  # fmt: skip
+        head = ["arm", "layer", "low-res plain", "low-res erased", "standard plain"]
+        out.append(_table([*head, "standard erased"], erased))
+    return out
+
+
+def _erasure_rows(run: _Run) -> list[list[str]]:
+    """Rows (arm, layer, overlaps plain/erased for low-resource and standard) of erase arms."""
+    rows = []
+    for arm, seeds in run.runs.items():
+        tables = [r["erasure"]["later_overlap"] for r in seeds.values() if r.get("erasure")]
+        for la in sorted({la for t in tables for la in t}, key=_layer_key):
+            vals = []
+            for group in (run.varieties, [run.standard]):
+                for which in ("plain", "erased"):
+                    per_seed = [
+                        _mean([t[la][v][which] for v in group if v in t.get(la, {})])
+                        for t in tables
+                    ]
+                    vals.append(_mean(per_seed))
+            rows.append([arm, la, *map(_fmt, vals)])
+    return rows
+
+
+PROBE_PLOTS = ("overlap", "cka", "angle_mean", "online_compression")
+
+
+def _probing(run: _Run) -> list[str]:
+    """The ``[probe]`` results: headline plots and the per-model numbers at each layer."""
+    rel = run.res.get("probe")
+    if not rel:
+        return ["Not requested (add a `[probe]` table to the config to probe every arm)."]
+    path = run.dir / rel
+    if not path.is_file():
+        return [f"`{rel}` is missing."]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    folder = Path(rel).parent
+    out = [
+        f"`vardecouple probe` of the base model and each trained arm (seed "
+        f"{run.config.get('train', {}).get('seeds', [0])[0]}) on {data['rows']} held-out "
+        f"rows per variety, rank {data['rank']}; `{rel}` has every metric (defined in "
+        "`vardecouple.probing`), `probe/plots/` one plot per metric.",
+        "",
+    ]
+    out += [f"![{m}]({folder}/plots/probe_{m}.png)" for m in PROBE_PLOTS] + [""]
+    rows = []
+    for model, layers in data["results"].items():
+        for la, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
+            v = [entry[c] for c in data["varieties"] if c in entry]
+            vals = [_mean([e.get(m) for e in v]) for m in ("overlap", "cka", "angle_mean")]
+            vals.append(entry.get("all", {}).get("online_compression"))
+            rows.append([model, la, *map(_fmt, vals)])
+    head = ["model", "layer", "overlap", "CKA", "mean angle °", "online compression (all)"]
+    return [*out, "Varieties averaged:", "", _table(head, rows)]
 
 
 def _provenance(run: _Run, command: str | None) -> list[str]:
@@ -561,7 +627,8 @@ def write_report(run_dir: Path, command: str | None = None) -> Path:
     _plot_deltas(run, plots / PLOTS[1])
     _plot_overlap_step(run, plots / PLOTS[2])
     _plot_overlap_layer(run, plots / PLOTS[3])
-    bodies = [_setup(run), _results(run, captions), _significance(run), _overlap(run)]
+    bodies = [_setup(run), _results(run, captions), _significance(run), _overlap(run),
+              _probing(run)]  # fmt: skip
     lines = [
         f"# vardecouple report: {run.config.get('name', 'experiment')}",
         "",
