@@ -48,6 +48,8 @@ layers = [9]
 batch_size = 8
 max_new_tokens = 96
 max_examples = {{examples}}
+[arms.base]
+kind = "base"
 """
 SETTINGS = {  # name -> extra eval arguments
     "plain": [],

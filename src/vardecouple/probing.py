@@ -376,7 +376,7 @@ def plot_probe(data: dict[str, Any], folder: Path) -> list[Path]:
     k = len(varieties) + 1
     written = []
     for metric, axis in METRICS.items():
-        fig = Figure(figsize=(2.2 + 4.0 * len(labels), 4.2), layout="constrained")
+        fig = Figure(figsize=(max(7.0, 2.2 + 4.0 * len(labels)), 4.6), layout="constrained")
         axes = fig.subplots(1, len(labels), sharey=True, squeeze=False)[0]
         twins: list[Any] = []
         for ax, label in zip(axes, labels, strict=True):
@@ -405,9 +405,10 @@ def plot_probe(data: dict[str, Any], folder: Path) -> list[Path]:
         handles = [Line2D([], [], color=colors[v], label=v) for v in varieties]
         if metric in CODE_METRICS:
             handles.append(Line2D([], [], color="black", ls="--", label=f"all ({k} classes)"))
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+        ncol = min(len(handles), max(2, int(fig.get_figwidth() // 1.6)))
+        fig.legend(handles=handles, loc="outside lower center", ncol=ncol,
                    title=f"variety (each against the standard {data['standard']})")  # fmt: skip
-        fig.suptitle(f"{axis} by layer ({data['model']}, {data['rows']} rows per variety)")
+        fig.suptitle(f"{axis} by layer\n{data['model']}, {data['rows']} rows per variety")
         path = folder / f"probe_{metric}.png"
         _atomic(path, lambda t, f=fig: f.savefig(t, format="png", dpi=110))
         written.append(path)
