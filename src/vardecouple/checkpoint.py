@@ -20,13 +20,45 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "trainable_state"]
+__all__ = [
+    "CheckpointError",
+    "fault_point",
+    "has_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "trainable_state",
+]
+
+_FAULTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: with ``VARDECOUPLE_FAULT=name:N`` in the environment the process
+    kills itself with SIGKILL the ``N``-th time it reaches ``name``; otherwise a no-op.
+
+    Points: ``checkpoint-files`` (checkpoint files written, manifest not yet),
+    ``checkpoint-swap`` (between moving the old checkpoint aside and renaming the new
+    one in), ``refresh`` (a probe refresh about to start, in the training loop).
+    """
+    spec = os.environ.get("VARDECOUPLE_FAULT")
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _FAULTS[name] = _FAULTS.get(name, 0) + 1
+    if _FAULTS[name] == int(spec.partition(":")[2] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def has_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` (or, after a crash between the two renames, its ``.old``) exists."""
+    target = Path(folder)
+    return target.is_dir() or target.with_name(f".{target.name}.old").is_dir()
 
 
 class CheckpointError(ValueError):
@@ -74,6 +106,7 @@ def save_checkpoint(
         "python_rng": _python_rng_state(),
     }
     torch.save(full, tmp / "state.pt")
+    fault_point("checkpoint-files")
     manifest = {name: _sha256(tmp / name) for name in ("adapter.safetensors", "state.pt")}
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     for name in ("adapter.safetensors", "state.pt", "MANIFEST.json"):
@@ -83,6 +116,7 @@ def save_checkpoint(
         if old.exists():
             shutil.rmtree(old)
         os.replace(target, old)
+    fault_point("checkpoint-swap")
     os.replace(tmp, target)
     if old.exists():
         shutil.rmtree(old)

@@ -96,6 +96,8 @@ def _train(args: argparse.Namespace) -> int:
             " `vardecouple run` trains it"
         )
     summary, _ = train_arm(config, args.arm, args.out, seed=seed, resume=args.resume)
+    if summary.get("resumed_from"):
+        print(f"resumed from the checkpoint at step {summary['resumed_from']}")
     print(
         f"trained arm {args.arm!r} (seed {seed}) for {summary['steps']} steps in "
         f"{summary['train_seconds']:.0f} s; log, adapter and summary in {args.out}"

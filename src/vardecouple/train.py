@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from vardecouple.checkpoint import load_checkpoint, save_checkpoint
+from vardecouple.checkpoint import fault_point, has_checkpoint, load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.states import _decoder_body, capture
 
@@ -297,7 +297,7 @@ def train(
     vocab = trimmed_vocab(features, tokenizer) if config.trim_vocab else None
     log_path = out / "train_log.jsonl"
     first_step = 0
-    if resume and (out / "checkpoint").exists():
+    if resume and has_checkpoint(out / "checkpoint"):
         state = load_checkpoint(out / "checkpoint", accelerator.unwrap_model(model))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -316,6 +316,7 @@ def train(
     with open(log_path, "a", encoding="utf-8") as log:
         for step in range(first_step, config.steps):
             if decoupler.due(step):
+                fault_point("refresh")
                 record = decoupler.refresh(accelerator.unwrap_model(model), tokenizer, step)
                 if step == 0:  # L(step 0) on the first batch: the yardstick of matching
                     first = collate([features[i] for i in plan[0]], pad_id)
@@ -397,6 +398,7 @@ def train(
     bar.close()
     summary = {
         "steps": config.steps,
+        "resumed_from": first_step,  # 0: from the start; else the checkpoint's next step
         "train_seconds": time.perf_counter() - start,
         "tokens": tokens_seen,
         "config": asdict(config),
