@@ -132,6 +132,7 @@ def run_experiment(
     provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
     if provenance is None:
         context.base = load_base(config, splits)
+        _check_fits(config, context.base)  # before any arm: layers and ranks vs the model
         provenance = _provenance(context.base.source, command)
         _write_json_atomic(prov_file, provenance)
     runs: dict[str, dict[str, Any]] = {}
@@ -236,6 +237,24 @@ def _probe(config: ExperimentConfig, ctx: _Context, out: Path) -> Path:
         loader=lambda: load_base(config, ctx.splits),
         labels=arms,
     )
+
+
+def _check_fits(config: ExperimentConfig, loaded: Any) -> None:
+    """Every arm's layers lie in the model and its ranks fit the hidden size (one line)."""
+    n, d = loaded.num_layers, loaded.hidden_size
+    for arm in config.arms:
+        s = config.arm(arm)
+        if s.kind not in ("train", "erase"):
+            continue
+        where = f"config {config.source}: arms.{arm}"
+        bad = [i for i in (s.layers or []) if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{where}: layers {bad} out of range; {config.model.spec} "
+                             f"has layers 0..{n - 1}")  # fmt: skip
+        for key in ("rank", "reference_rank"):
+            if getattr(s, key) > d:
+                raise ValueError(f"{where}: {key} {getattr(s, key)} exceeds the hidden size "
+                                 f"{d} of {config.model.spec}")  # fmt: skip
 
 
 def _comet(config: ExperimentConfig) -> Path | None:
