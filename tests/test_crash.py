@@ -105,3 +105,37 @@ def test_sigkill_then_resume_is_bit_identical(whole, tmp_path: Path, fault: str 
     expected = {None: (4, 8), "refresh:3": (4,), "checkpoint-files:2": (4,),
                 "checkpoint-swap:2": (4,)}[fault]  # fmt: skip
     assert reference["resumed_from"] == 0 and summary["resumed_from"] in expected
+
+
+def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoint(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import vardecouple.train as train_module
+    from vardecouple.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG)
+    real, calls = train_module.supervised_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, hidden = real(*args, **kwargs)
+        calls["n"] += 1
+        # call 1 measures step 0's start penalty, so call 10 is step 8
+        return (loss * float("nan") if calls["n"] == 10 else loss), hidden
+
+    monkeypatch.setattr(train_module, "supervised_loss", poisoned)
+    code = main(["train", str(cfg), "--arm", "decoupled", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]  # the rest: progress bar
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("vardecouple train: error: train: non-finite"), errors
+    assert "at step 8" in errors[0], errors
+    import hashlib
+
+    folder = tmp_path / "o" / "checkpoint"
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    for name, digest in manifest.items():  # the files match their checksums: intact
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+    state = torch.load(tmp_path / "o" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["next_step"] == 8  # the last good checkpoint, before the bad step
+    assert not (tmp_path / "o" / "train_summary.json").exists()

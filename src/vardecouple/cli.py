@@ -425,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args))
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:  # bad input: one line
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
+        # bad input, or a loss that left the finite numbers: one line
         print(f"vardecouple {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -357,8 +357,11 @@ def train(
                 totals["penalty"] += penalty.item() / config.grad_accum
                 totals["tokens"] += int(batch["attention_mask"].sum())
             if not all(math.isfinite(totals[k]) for k in ("loss", "penalty")):
+                bar.close()  # the message starts on a line of its own
+                kept = "the last checkpoint" if config.checkpoint_every else "no checkpoint"
                 raise FloatingPointError(
-                    f"train: non-finite loss or penalty at step {step}: {totals}"
+                    f"train: non-finite loss or penalty at step {step} (loss {totals['loss']}, "
+                    f"penalty {totals['penalty']}); {kept} is kept intact; lower lr or λ"
                 )
             seconds = time.perf_counter() - t0
             tokens_seen += totals["tokens"]
