@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -139,7 +140,15 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     manifest_path = target / "MANIFEST.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {target}: no MANIFEST.json (missing or partial)")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or set(manifest) != {"adapter.safetensors", "state.pt"}:
+        raise CheckpointError(
+            f"checkpoint {target}: MANIFEST.json is not the checksums of adapter.safetensors "
+            "and state.pt"
+        )
     for name, digest in manifest.items():
         path = target / name
         if not path.is_file() or _sha256(path) != digest:
@@ -152,7 +161,13 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    state = torch.load(target / "state.pt", weights_only=True)
+    try:  # plain tensors and containers only: no pickled code is ever executed
+        state = torch.load(target / "state.pt", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {target}: state.pt holds objects other than tensors and plain "
+            f"containers; refused (weights_only loading): {str(exc).splitlines()[0]}"
+        ) from None
     torch.set_rng_state(state.pop("torch_rng"))
     version, internal, gauss = state.pop("python_rng")
     random.setstate((version, tuple(internal), gauss))
