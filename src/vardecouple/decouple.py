@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from vardecouple.subspace import Subspace, make_estimator
@@ -193,9 +194,20 @@ class OnlineDecoupler:
         is_held = [k in held for k in key]
         self.measure = [s for s, h in zip(probe, is_held, strict=True) if h]
         self.fit_on = [s for s, h in zip(probe, is_held, strict=True) if not h]
+        # several processes (torch.distributed): each fits on its shard of the rows and the
+        # estimators all-reduce their statistics or gradients, so all hold one subspace;
+        # the held-out measure set is not sharded (the same overlaps everywhere)
+        # (by aligned row, so each shard has every variety; the label count is fixed
+        # so the reduced statistics have one shape everywhere)
+        self.shared: dict[str, Any] = {}  # what every estimator gets when distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            rank, world = dist.get_rank(), dist.get_world_size()
+            mine = set(sorted({k for k, h in zip(key, is_held, strict=True) if not h})[rank::world])
+            self.fit_on = [s for s, k in zip(probe, key, strict=True) if k in mine]
+            self.shared = {"all_reduce": dist.all_reduce, "num_classes": max(labels) + 1}
+        options = config.estimator_options | self.shared
         self.estimators = {
-            i: make_estimator(config.estimator, config.rank, **config.estimator_options)
-            for i in self.layers
+            i: make_estimator(config.estimator, config.rank, **options) for i in self.layers
         }
         self.subspaces: dict[int, Subspace] = {}
         self.reference: dict[int, Subspace] = {}
@@ -256,7 +268,8 @@ class OnlineDecoupler:
             est = self.estimators[i]
             new = est.fit(states[i], labels) if first else est.update(states[i], labels)
             if first:
-                ref = make_estimator(self.config.reference_estimator, self.config.reference_rank)
+                ref = make_estimator(self.config.reference_estimator, self.config.reference_rank,
+                                     **self.shared)  # fmt: skip
                 self.reference[i] = ref.fit(states[i], labels)
             elif i in self.subspaces:
                 angle = new.principal_angles(self.subspaces[i]).max()

@@ -246,8 +246,12 @@ class VariationalProbeEstimator(SubspaceEstimator):
         steps = 0
         for _ in range(epochs):
             order = torch.randperm(x.shape[0], generator=self.generator)
-            for start in range(0, x.shape[0], self.batch_size):
-                idx = order[start : start + self.batch_size]
+            if self.all_reduce is None:
+                chunks = list(order.split(self.batch_size))
+            else:  # every process takes the same number of steps, whatever its share:
+                # step j sums process chunks j into one global batch of ≈ batch_size rows
+                chunks = list(order.tensor_split(math.ceil(n_total / self.batch_size)))
+            for idx in chunks:
                 self.optimizer.zero_grad(set_to_none=False)
                 logits = self.layer(x[idx], generator=self.generator)
                 loss = nn.functional.cross_entropy(logits, t[idx], reduction="sum")

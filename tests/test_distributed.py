@@ -1,0 +1,128 @@
+"""Several processes (2 CPU processes, gloo): the estimators' accumulate / reduce / solve
+split gives every process a bit-identical subspace; statistics-based estimators equal a
+single-process fit on the union of the shards (largest principal angle ≤ 1°); the
+variational probe agrees with the single-process fit within the seed-to-seed spread; the
+decoupler shards its probe rows and logs the single-process overlaps."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vardecouple.subspace import make_estimator
+
+STATISTICS = ("pca", "mean-diff", "leace", "variational-generative")
+N, D, SPLIT = 400, 24, 170  # rank 0 gets rows [0, SPLIT), rank 1 the rest: uneven shards
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes separated along a planted direction, plus anisotropic noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(N) % 2
+    x = torch.randn(N, D, generator=g) * torch.linspace(0.5, 2.0, D)
+    x[:, 3] += 2.5 * y
+    return x.double(), y
+
+
+def _options(name: str, seed: int) -> dict:
+    return {"seed": seed, "fit_epochs": 30} if name == "variational" else {}
+
+
+def _worker(rank: int, folder: str) -> None:
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=2,
+        timeout=timedelta(seconds=120),  # a collective that never matches fails, not hangs
+    )
+    torch.set_num_threads(1)
+    try:
+        x, y = _data()
+        part = slice(0, SPLIT) if rank == 0 else slice(SPLIT, N)
+        out = {}
+        for name in (*STATISTICS, "variational"):
+            est = make_estimator(name, 1, all_reduce=dist.all_reduce, **_options(name, 0))
+            out[name] = est.fit(x[part], y[part]).basis
+        out["decoupler"] = _refresh()
+        torch.save(out, Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _refresh() -> dict:
+    """A decoupler refresh of a tiny model: subspace and held-out overlaps."""
+    from conftest import CORPORA
+    from vardecouple.data import load_corpus, make_splits
+    from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
+    from vardecouple.model import tiny_random
+
+    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
+    texts = [t for row in corpus.rows[:500] for t in row.values()]
+    model, tok = tiny_random(texts)
+    splits = make_splits([corpus], standard="deu_Latn", varieties=["nds_Latn"],
+                         directions="standard<->variety",
+                         dev_rows=0, probe_rows=60, test_rows=0, seed=0)  # fmt: skip
+    config = DecouplerConfig(estimator="pca", reference_estimator="mean-diff", layers=(1,))
+    dec = OnlineDecoupler(config, splits.probe, num_layers=len(model.model.layers))
+    log = dec.refresh(model, tok, step=0)
+    return {"basis": dec.subspaces[1].basis, "overlap": log["overlap"], "fit_rows": len(dec.fit_on)}
+
+
+def _largest_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    from vardecouple.subspace import principal_angles
+
+    return float(principal_angles(a, b).max())
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    folder = tmp_path_factory.mktemp("dist")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.start_processes(_worker, args=(str(folder),), nprocs=2, start_method="spawn")
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def test_every_process_holds_a_bit_identical_subspace(ranks) -> None:
+    for name in (*STATISTICS, "variational"):
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    assert torch.equal(ranks[0]["decoupler"]["basis"], ranks[1]["decoupler"]["basis"])
+    assert ranks[0]["decoupler"]["overlap"] == ranks[1]["decoupler"]["overlap"]
+
+
+@pytest.mark.parametrize("name", STATISTICS)
+def test_statistics_estimators_equal_a_fit_on_the_union(ranks, name: str) -> None:
+    x, y = _data()
+    single = make_estimator(name, 1).fit(x, y).basis
+    assert _largest_angle(ranks[0][name], single) <= 1.0
+
+
+def test_variational_probe_agrees_within_the_seed_spread(ranks) -> None:
+    x, y = _data()
+    seeds = [make_estimator("variational", 1, **_options("variational", s)).fit(x, y).basis
+             for s in range(4)]  # fmt: skip
+    spread = max(_largest_angle(seeds[0], s) for s in seeds[1:])
+    two = _largest_angle(ranks[0]["variational"], seeds[0])
+    assert two <= spread, (two, spread)
+    truth = torch.zeros(D, 1, dtype=torch.float64)
+    truth[3] = 1.0
+    assert _largest_angle(ranks[0]["variational"], truth) < 20  # it found the planted axis
+
+
+def test_the_decoupler_shards_its_rows_and_matches_one_process(ranks) -> None:
+    single = _refresh()
+    assert (
+        ranks[0]["decoupler"]["fit_rows"] + ranks[1]["decoupler"]["fit_rows"] == single["fit_rows"]
+    )
+    assert _largest_angle(ranks[0]["decoupler"]["basis"], single["basis"]) <= 1.0
+    for variety, o in single["overlap"]["1"].items():
+        for which in ("own", "reference"):
+            assert ranks[0]["decoupler"]["overlap"]["1"][variety][which] == pytest.approx(
+                o[which], abs=1e-3
+            )
