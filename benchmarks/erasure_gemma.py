@@ -68,6 +68,30 @@ def _cpu() -> str:
     return f"{names[0]} x{len(names)}" if names else platform.processor()
 
 
+def _deltas(config: Path, keep: Path, rows: dict) -> dict:
+    """Paired bootstrap (1000 samples, seed 0) of each erasure setting minus plain."""
+    from vardecouple.config import load_config
+    from vardecouple.evaluate import read_lines, test_sets
+    from vardecouple.experiment import prepare_data
+    from vardecouple.metrics import paired_bootstrap
+
+    cfg = load_config(config)
+    tests = test_sets(prepare_data(cfg), cfg.eval.max_examples)
+    refs = {d: [ex.tgt_text for ex in rows_] for d, rows_ in tests.items()}
+    out = {}
+    for name in rows:
+        if name == "plain":
+            continue
+
+        def hyps(setting: str, d: str) -> list[str]:
+            return read_lines(keep / setting / "hypotheses" / f"{d}.txt", len(refs[d]))
+
+        blocks = {d: (refs[d], [hyps(name, d)], [hyps("plain", d)]) for d in refs}
+        out[name] = {d: paired_bootstrap([b]).to_dict() for d, b in blocks.items()}
+        out[name]["both"] = paired_bootstrap(list(blocks.values())).to_dict()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=100, help="test rows per direction")
@@ -101,12 +125,14 @@ def main() -> int:
             "eval_seconds": scores["eval_seconds"],
         }
         print(f"{name}: done", flush=True)
+    deltas = _deltas(config, keep, rows) if "plain" in rows else {}
     result = {
         "benchmark": "erasure_gemma",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
         "examples_per_direction": args.examples,
         "settings": rows,
+        "deltas_vs_plain": deltas,
     }
     target = Path(args.out)
     tmp = target.with_suffix(".json.tmp")
@@ -124,7 +150,7 @@ def main() -> int:
             continue
         print(f"\n{name}: overlap (plain → erased) per layer")
         for layer, per in r["erasure"]["later_overlap"].items():
-            cells = ", ".join(f"{v} {o['plain']:.3f}→{o['erased']:.3f}" for v, o in per.items())
+            cells = ", ".join(f"{v} {o['plain']:.3g}→{o['erased']:.3g}" for v, o in per.items())
             print(f"- layer {layer}: {cells}")
     return 0
 

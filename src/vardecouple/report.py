@@ -546,7 +546,8 @@ def _erasure_rows(run: _Run) -> list[list[str]]:
                         for t in tables
                     ]
                     vals.append(_mean(per_seed))
-            rows.append([arm, la, *map(_fmt, vals)])
+            # overlaps with a discriminative direction can be ~1e-5: significant digits
+            rows.append([arm, la, *("—" if v is None else f"{v:.3g}" for v in vals)])
     return rows
 
 
