@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -69,6 +67,7 @@ from vardecouple.analysis import (
     variational_codelength,
 )
 from vardecouple.model import load_model
+from vardecouple.report import write_atomic
 from vardecouple.states import _decoder_body, _StopForward, capture
 
 __all__ = [
@@ -243,17 +242,6 @@ def code_metrics(blocks: Sequence[Tensor], *, seed: int) -> dict[str, float]:
     }
 
 
-def _atomic(path: Path, write: Callable[[str], Any]) -> None:
-    """Write via a temporary name in the same folder, then ``os.replace``."""
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _layer_entry(blocks: list[Tensor], codes: list[str], rank: int, seed: int) -> dict:
     """``{V: metrics, "all": code metrics}`` of one layer; ``blocks[k]`` = code ``k``'s states."""
     entry = {v: {**pair_metrics(blocks[0], y, rank=rank), **code_metrics([blocks[0], y], seed=seed)}
@@ -360,7 +348,7 @@ def run_probe(
     if target.exists():
         raise FileExistsError(f"probe: {target} appeared while probing; not overwritten")
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    _atomic(target, lambda t: Path(t).write_text(text, encoding="utf-8"))
+    write_atomic(target, lambda t: Path(t).write_text(text, encoding="utf-8"))
     return target
 
 
@@ -410,6 +398,6 @@ def plot_probe(data: dict[str, Any], folder: Path) -> list[Path]:
                    title=f"variety (each against the standard {data['standard']})")  # fmt: skip
         fig.suptitle(f"{axis} by layer\n{data['model']}, {data['rows']} rows per variety")
         path = folder / f"probe_{metric}.png"
-        _atomic(path, lambda t, f=fig: f.savefig(t, format="png", dpi=110))
+        write_atomic(path, lambda t, f=fig: f.savefig(t, format="png", dpi=110))
         written.append(path)
     return written

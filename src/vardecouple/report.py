@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-__all__ = ["ALPHA", "PLOTS", "SECTIONS", "load_results", "write_report"]
+__all__ = ["ALPHA", "PLOTS", "SECTIONS", "load_results", "write_atomic", "write_report"]
 
 SECTIONS = ("Setup", "Results", "Significance", "Overlap", "Probing", "Provenance")
 PLOTS = (
@@ -63,7 +63,8 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _write_atomic(path: Path, write: Callable[[str], Any]) -> None:
+def write_atomic(path: Path, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary name in ``path``'s folder, then ``os.replace``."""
     tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
@@ -187,7 +188,7 @@ class _Run:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    _write_atomic(path, lambda t: fig.savefig(t, format="png", dpi=110, bbox_inches="tight"))
+    write_atomic(path, lambda t: fig.savefig(t, format="png", dpi=110, bbox_inches="tight"))
 
 
 def _empty(ax: Any, what: str) -> None:
@@ -639,5 +640,5 @@ def write_report(run_dir: Path, command: str | None = None) -> Path:
     for name, body in zip(SECTIONS, [*bodies, _provenance(run, command)], strict=True):
         lines += ["", f"## {name}", "", *body]
     path = run_dir / "report.md"
-    _write_atomic(path, lambda t: Path(t).write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    write_atomic(path, lambda t: Path(t).write_text("\n".join(lines) + "\n", encoding="utf-8"))
     return path
