@@ -78,3 +78,19 @@ MINI_CONFIG = MINI_CORE + MINI_EXTRA
 @pytest.fixture(scope="session")
 def mini_config() -> str:
     return MINI_CONFIG
+
+
+def spread_tiny_model(corpus):
+    """A float64 tiny-random model on ``corpus`` with its weights spread (N(0, 0.2)):
+    at the default scale it emits one token forever, so hypotheses would not differ."""
+    from vardecouple.model import tiny_random
+
+    texts = [t for row in corpus.rows[:2000] for t in row.values()]
+    model, tok = tiny_random(texts)
+    model = model.to(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2, generator=g)
+    return model, tok

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import spread_tiny_model
 from vardecouple.data import format_example, load_corpus, make_splits
 from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
-from vardecouple.model import tiny_random
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
@@ -17,16 +17,7 @@ CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 @pytest.fixture(scope="module")
 def setup():
     corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    texts = [t for row in corpus.rows[:2000] for t in row.values()]
-    model, tok = tiny_random(texts)
-    model = model.to(torch.float64)
-    # random weights at the default scale emit one token forever; spread them out so
-    # that hypotheses differ and any padding leak would show
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2, generator=g)
+    model, tok = spread_tiny_model(corpus)  # any padding leak would show
     splits = make_splits(
         [corpus],
         standard="deu_Latn",

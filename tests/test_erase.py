@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MINI_CONFIG
+from conftest import MINI_CONFIG, spread_tiny_model
 from vardecouple.cli import main
 from vardecouple.data import format_example, load_corpus, make_splits
 from vardecouple.decode import DecodeConfig, decode
 from vardecouple.erase import EraseConfig, Erasure, erasing, fit_erasure, later_overlaps
-from vardecouple.model import tiny_random
 from vardecouple.states import capture
 from vardecouple.subspace import Subspace
 
@@ -24,14 +23,7 @@ CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 @pytest.fixture(scope="module")
 def setup():
     corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    texts = [t for row in corpus.rows[:2000] for t in row.values()]
-    model, tok = tiny_random(texts)
-    model = model.to(torch.float64)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # spread the random weights so that hypotheses differ
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2, generator=g)
+    model, tok = spread_tiny_model(corpus)
     splits = make_splits(
         [corpus],
         standard="deu_Latn",
