@@ -94,6 +94,11 @@ def train_arm(
         raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
     if not resume and (out / "train_log.jsonl").exists():
         raise FileExistsError(f"train: {out} holds a started run; pass --resume to continue it")
+    # under torchrun / accelerate launch: join the process group before the decoupler
+    # is built (it shards its probe rows); only the main process writes files
+    from accelerate import PartialState
+
+    processes = PartialState(cpu=not torch.cuda.is_available())
     splits = splits or prepare_data(config)
     loaded = load_base(config, splits)
     lora = config.lora
@@ -113,9 +118,10 @@ def train_arm(
         dev = tokenized_features(config, splits, loaded.tokenizer, examples=splits.dev)
     decoupler = OnlineDecoupler(decoupler_config, splits.probe, loaded.num_layers)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = config.model_dump() | {"arm": arm, "seed": seed}
-    (out / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
-    (out / "splits.txt").write_text(splits.describe() + "\n")
+    if processes.is_main_process:
+        resolved = config.model_dump() | {"arm": arm, "seed": seed}
+        (out / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
+        (out / "splits.txt").write_text(splits.describe() + "\n")
     summary = train(
         loaded.model,
         loaded.tokenizer,
@@ -127,13 +133,15 @@ def train_arm(
         resume=resume,
         dev_features=dev,
     )
-    tmp = out / ".adapter.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    loaded.model.save_pretrained(tmp)
-    if (out / "adapter").exists():
-        shutil.rmtree(out / "adapter")
-    os.replace(tmp, out / "adapter")
+    if processes.is_main_process:
+        tmp = out / ".adapter.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        loaded.model.save_pretrained(tmp)
+        if (out / "adapter").exists():
+            shutil.rmtree(out / "adapter")
+        os.replace(tmp, out / "adapter")
+    processes.wait_for_everyone()
     return summary, loaded
 
 

@@ -193,26 +193,36 @@ class OnlineDecoupler:
         held = set(keys[: max(1, round(config.measure_fraction * len(keys)))])
         is_held = [k in held for k in key]
         self.measure = [s for s, h in zip(probe, is_held, strict=True) if h]
-        self.fit_on = [s for s, h in zip(probe, is_held, strict=True) if not h]
-        # several processes (torch.distributed): each fits on its shard of the rows and the
-        # estimators all-reduce their statistics or gradients, so all hold one subspace;
-        # the held-out measure set is not sharded (the same overlaps everywhere)
-        # (by aligned row, so each shard has every variety; the label count is fixed
-        # so the reduced statistics have one shape everywhere)
-        self.shared: dict[str, Any] = {}  # what every estimator gets when distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            rank, world = dist.get_rank(), dist.get_world_size()
-            mine = set(sorted({k for k, h in zip(key, is_held, strict=True) if not h})[rank::world])
-            self.fit_on = [s for s, k in zip(probe, key, strict=True) if k in mine]
-            self.shared = {"all_reduce": dist.all_reduce, "num_classes": max(labels) + 1}
-        options = config.estimator_options | self.shared
-        self.estimators = {
-            i: make_estimator(config.estimator, config.rank, **options) for i in self.layers
-        }
+        self._fit_rows = [(s, k) for s, k, h in zip(probe, key, is_held, strict=True) if not h]
+        self._num_classes = max(labels) + 1
+        self.distribute()
         self.subspaces: dict[int, Subspace] = {}
         self.reference: dict[int, Subspace] = {}
         self.last_refresh: int | None = None
         self.lam = config.lam
+
+    def distribute(self) -> None:
+        """Take this process's shard of the fit rows and (re)build the estimators.
+
+        In one process: every fit row. Under ``torch.distributed`` with several processes
+        each fits on a shard of the aligned rows (so each shard has every variety) and the
+        estimators all-reduce their statistics or gradients (a fixed label count keeps the
+        reduced shapes equal), so every process holds one subspace; the held-out measure
+        set is not sharded (the same overlaps everywhere). Runs at construction;
+        :func:`~vardecouple.train.train` calls it again when the process group came later.
+        """
+        rows, self.shared = self._fit_rows, {}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            rank, world = dist.get_rank(), dist.get_world_size()
+            mine = set(sorted({k for _, k in rows})[rank::world])
+            rows = [(s, k) for s, k in rows if k in mine]
+            self.shared = {"all_reduce": dist.all_reduce, "num_classes": self._num_classes}
+        self.fit_on = [s for s, _ in rows]
+        options = self.config.estimator_options | self.shared
+        self.estimators = {
+            i: make_estimator(self.config.estimator, self.config.rank, **options)
+            for i in self.layers
+        }
 
     def match(self, start_penalty: float) -> float:
         """Magnitude matching: λ ← match_penalty / L(step 0) when asked; returns λ."""

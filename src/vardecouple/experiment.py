@@ -10,6 +10,7 @@ finished one is never recomputed), then writes ``OUT/results.json``
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -99,6 +100,11 @@ def run_experiment(
     """
     if jobs < 1:
         raise ValueError(f"run: jobs={jobs} must be ≥ 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "run: runs in one process (decoding is not sharded); train arms on several "
+            "processes with `torchrun … vardecouple train`, then evaluate them with `eval`"
+        )
     from vardecouple.evaluate import (
         direction_kinds,
         read_lines,

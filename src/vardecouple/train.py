@@ -11,8 +11,12 @@ Per optimizer step:
    so the standard arm's trajectory is exactly that of plain LoRA;
 5. AdamW on the adapter weights, LR schedule, a JSON line in ``train_log.jsonl``.
 
-The same code runs under ``accelerate launch`` on several devices (the optimizer,
-model and gradient accumulation go through :class:`accelerate.Accelerator`).
+The same code runs under ``torchrun`` / ``accelerate launch`` with several processes:
+the loss is a module (:class:`Objective`) that :class:`accelerate.Accelerator` wraps
+(DDP), each process takes every ``world``-th example of each batch, and each process's
+loss is weighted by its share of the batch's target (and penalised) tokens, so the
+averaged gradient is that of the whole batch: the same optimisation as one process.
+Only the main process writes logs, checkpoints and adapters.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from vardecouple.decouple import OnlineDecoupler
 from vardecouple.states import _decoder_body, capture
 
 __all__ = [
+    "Objective",
     "TrainConfig",
     "batches",
     "collate",
@@ -148,6 +153,26 @@ def supervised_loss(
         logits = torch.tanh(logits / cap) * cap
     loss = nn.functional.cross_entropy(logits.float(), labels)
     return loss, dict(hidden)
+
+
+class Objective(nn.Module):
+    """:func:`supervised_loss` as a module, so that a wrapper (DDP, FSDP…) sees the
+    forward pass it must synchronise; returns ``(lm_loss, hidden states by layer)``."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int], vocab: Tensor | None) -> None:
+        super().__init__()
+        self.model, self.layers, self.vocab = model, tuple(layers), vocab
+
+    def forward(self, **batch: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        return supervised_loss(self.model, batch, self.layers, self.vocab)
+
+
+def _summed(accelerator: Any, *values: float) -> list[float]:
+    """``values`` summed over the processes (as they are in one process)."""
+    if accelerator.num_processes == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(t, "sum").tolist()
 
 
 def trimmed_vocab(features: Sequence[dict[str, Any]], tokenizer: Any) -> Tensor:
@@ -267,6 +292,7 @@ def train(
     lowest one is kept in ``out_dir/best-adapter`` (``best.json`` says which step).
     """
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -274,19 +300,26 @@ def train(
         raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
     if not resume and (out / "train_log.jsonl").exists():
         raise FileExistsError(f"train: {out} holds a started run; resume it or choose another")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         cpu=not torch.cuda.is_available(),
     )
+    rank, world, main = (
+        accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    )  # fmt: skip
+    if config.batch_size < world:
+        raise ValueError(f"train: batch_size {config.batch_size} < {world} processes")
+    if world > 1 and not decoupler.shared:
+        decoupler.distribute()  # built before the process group: shard its probe rows now
+    accelerator.wait_for_everyone()  # every process has checked before any writes
+    out.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: the model has no trainable parameters (wrap it with add_lora)")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     plan = batches(
         [len(f["input_ids"]) for f in features],
         config.batch_size,
@@ -295,67 +328,86 @@ def train(
     )
     pad_id = tokenizer.pad_token_id
     vocab = trimmed_vocab(features, tokenizer) if config.trim_vocab else None
+    objective = Objective(model, decoupler.layers, vocab)
+    # the scheduler stays unprepared: accelerate would step it once per process (it
+    # assumes each process adds a batch; here the processes share one batch)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     log_path = out / "train_log.jsonl"
     first_step = 0
     if resume and has_checkpoint(out / "checkpoint"):
-        state = load_checkpoint(out / "checkpoint", accelerator.unwrap_model(model))
+        state = load_checkpoint(out / "checkpoint", model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         decoupler.load_state_dict(state["decoupler"])
         first_step = int(state["next_step"])
-    if resume:
+        if len(state.get("process_rng", [])) == world:  # each process's own RNG stream
+            torch.set_rng_state(state["process_rng"][rank])
+    if resume and main:
         _truncate_log(log_path, first_step)
+    accelerator.wait_for_everyone()
     bar = tqdm(
         total=config.steps,
         initial=first_step,
         desc="train",
-        disable=not progress or not accelerator.is_main_process,
+        disable=not progress or not main,
     )
     start = time.perf_counter()
     tokens_seen = 0
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path if main else os.devnull, "a", encoding="utf-8") as log:
         for step in range(first_step, config.steps):
             if decoupler.due(step):
                 fault_point("refresh")
-                record = decoupler.refresh(accelerator.unwrap_model(model), tokenizer, step)
+                record = decoupler.refresh(model, tokenizer, step)
                 if step == 0:  # L(step 0) on the first batch: the yardstick of matching
                     first = collate([features[i] for i in plan[0]], pad_id)
                     record["start_penalty"] = _start_penalty(model, first, decoupler, vocab)
                     record["lambda"] = decoupler.match(record["start_penalty"])
                 log.write(json.dumps(record) + "\n")
-            model.train()
+            objective.train()
             lam = decoupler.lam_at(step)
             totals = {"loss": 0.0, "lm_loss": 0.0, "penalty": 0.0, "tokens": 0}
             t0 = time.perf_counter()
             for micro in range(config.grad_accum):
-                batch = collate(
-                    [features[i] for i in plan[step * config.grad_accum + micro]], pad_id
-                )
+                mine = plan[step * config.grad_accum + micro][rank::world]
+                batch = collate([features[i] for i in mine], pad_id)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                with accelerator.accumulate(model):
-                    lm_loss, hidden = supervised_loss(model, batch, decoupler.layers, vocab)
-                    mask = decoupler.token_mask(
-                        batch["attention_mask"], batch["target_mask"], batch["low_resource"]
-                    )
+                mask = decoupler.token_mask(
+                    batch["attention_mask"], batch["target_mask"], batch["low_resource"]
+                )
+                n, w = float((batch["labels"][:, 1:] != -100).sum()), float(mask.sum())
+                n_all, w_all, tokens = _summed(
+                    accelerator, n, w, float(batch["attention_mask"].sum())
+                )
+                # this process's share of the batch's token means (1 in one process)
+                lm_share, pen_share = n * world / n_all, w * world / max(w_all, 1.0)
+                with accelerator.accumulate(objective):
+                    lm_loss, hidden = objective(**batch)
                     if lam > 0:
                         penalty = decoupler.penalty(hidden, mask)
-                        loss = lm_loss + lam * penalty
+                        loss = lm_share * lm_loss + lam * pen_share * penalty
                     else:  # logged only: no gradient, so λ = 0 is exactly plain LoRA
                         with torch.no_grad():
                             penalty = decoupler.penalty(
                                 {k: v.detach() for k, v in hidden.items()}, mask
                             )
-                        loss = lm_loss
+                        loss = lm_share * lm_loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                totals["loss"] += loss.item() / config.grad_accum
-                totals["lm_loss"] += lm_loss.item() / config.grad_accum
-                totals["penalty"] += penalty.item() / config.grad_accum
-                totals["tokens"] += int(batch["attention_mask"].sum())
+                if world == 1:
+                    lm, pen, both = lm_loss.item(), penalty.item(), loss.item()
+                else:  # the whole batch's token means, as one process logs them
+                    lm_sum, pen_sum = _summed(accelerator, lm_loss.item() * n, penalty.item() * w)
+                    lm, pen = lm_sum / n_all, pen_sum / max(w_all, 1.0)
+                    both = lm + lam * pen if lam > 0 else lm
+                totals["loss"] += both / config.grad_accum
+                totals["lm_loss"] += lm / config.grad_accum
+                totals["penalty"] += pen / config.grad_accum
+                totals["tokens"] += int(tokens)
             if not all(math.isfinite(totals[k]) for k in ("loss", "penalty")):
                 bar.close()  # the message starts on a line of its own
                 kept = "the last checkpoint" if config.checkpoint_every else "no checkpoint"
@@ -379,10 +431,11 @@ def train(
             every = config.checkpoint_every
             last = step + 1 == config.steps
             if dev_features and ((every and (step + 1) % every == 0) or last):
-                dev = dev_loss(accelerator.unwrap_model(model), dev_features, pad_id, vocab)
+                dev = dev_loss(model, dev_features, pad_id, vocab)
                 dev_record = {"step": step, "steps_done": step + 1, "dev_loss": dev}
                 log.write(json.dumps(dev_record) + "\n")
-                _keep_if_best(accelerator.unwrap_model(model), out, step + 1, dev)
+                if main:
+                    _keep_if_best(model, out, step + 1, dev)
             if every and (step + 1) % every == 0 and not last:
                 state = {
                     "optimizer": optimizer.state_dict(),
@@ -390,13 +443,17 @@ def train(
                     "decoupler": decoupler.state_dict(),
                     "next_step": step + 1,
                 }
-                save_checkpoint(out / "checkpoint", accelerator.unwrap_model(model), state)
+                if world > 1:  # a collective: every process hands in its RNG state
+                    state["process_rng"] = gather_object([torch.get_rng_state()])
+                if main:
+                    save_checkpoint(out / "checkpoint", model, state)
+                accelerator.wait_for_everyone()
             bar.set_postfix(
                 loss=f"{totals['lm_loss']:.3f}",
                 pen=f"{totals['penalty']:.3g}",
                 tok_s=f"{record['tokens_per_s']:.0f}",
             )
-        final = decoupler.refresh(accelerator.unwrap_model(model), tokenizer, config.steps)
+        final = decoupler.refresh(model, tokenizer, config.steps)
         log.write(json.dumps(final | {"final": True}) + "\n")
     bar.close()
     summary = {
@@ -404,8 +461,11 @@ def train(
         "resumed_from": first_step,  # 0: from the start; else the checkpoint's next step
         "train_seconds": time.perf_counter() - start,
         "tokens": tokens_seen,
+        "processes": world,
         "config": asdict(config),
         "final_overlap": final["overlap"],
     }
-    _write_json_atomic(out / "train_summary.json", summary)
+    if main:
+        _write_json_atomic(out / "train_summary.json", summary)
+    accelerator.wait_for_everyone()
     return summary
