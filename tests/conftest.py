@@ -5,6 +5,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_for_tiny_models():
+    """Tiny models train about 2x faster on one thread than on two (measured: 200 LoRA
+    steps with refreshes 12.6 s vs 27.5 s; their matrices are too small to share);
+    tests/test_real_model.py gives the real model every thread back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

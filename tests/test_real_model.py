@@ -29,6 +29,15 @@ VARIETIES = ("arb_Arab", "arz_Arab", "ary_Arab")  # label 0 = MSA
 ROWS, TRAIN_ROWS, LAYER = 200, 150, 9
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _every_thread(_one_thread_for_tiny_models: int):
+    """The real model's matrices are large enough to share: every thread (conftest
+    gives tiny-model tests one)."""
+    torch.set_num_threads(_one_thread_for_tiny_models)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def real_states():
     folder = CORPORA / "flores200" / "dev"
