@@ -85,9 +85,10 @@ def test_only_the_main_process_writes(runs) -> None:
     one, two = _log(runs[1]), _log(runs[2])
     assert [r["step"] for r in two] == [r["step"] for r in one]  # no record twice
     summary = json.loads((runs[2] / "train_summary.json").read_text())
-    assert summary["processes"] == 2 and summary["tokens"] == json.loads(
-        (runs[1] / "train_summary.json").read_text()
-    )["tokens"]
+    assert (
+        summary["processes"] == 2
+        and summary["tokens"] == json.loads((runs[1] / "train_summary.json").read_text())["tokens"]
+    )
 
 
 def test_logged_metrics_match_one_process(runs) -> None:
@@ -154,3 +155,19 @@ def test_variational_training_stays_within_the_probe_seed_spread(variational) ->
     pen_spread = max(float((penalties(k) - penalties("0-1")).abs().max()) for k in ("1-1", "2-1"))
     pen_two = float((penalties("0-2") - penalties("0-1")).abs().max())
     assert pen_two <= pen_spread, (pen_two, pen_spread)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_sharding_engines_are_refused_with_one_clear_error(engine, tmp_path, monkeypatch) -> None:
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from vardecouple.train import TrainConfig, train
+
+    class Sharding(accelerate.Accelerator):
+        distributed_type = property(lambda self: DistributedType[engine])
+
+    monkeypatch.setattr(accelerate, "Accelerator", Sharding)
+    with pytest.raises(NotImplementedError, match=f"{engine} is not supported"):
+        train(None, None, [], None, TrainConfig(), tmp_path / "out")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()  # refused before writing anything

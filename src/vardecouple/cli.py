@@ -425,8 +425,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args))
-    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as exc:
-        # bad input, or a loss that left the finite numbers: one line
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        FloatingPointError,
+        NotImplementedError,
+    ) as exc:
+        # bad input, a loss that left the finite numbers, an unsupported engine: one line
         print(f"vardecouple {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

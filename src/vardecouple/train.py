@@ -167,6 +167,10 @@ class Objective(nn.Module):
         return supervised_loss(self.model, batch, self.layers, self.vocab)
 
 
+#: accelerate engines that shard weights or optimizer state (docs/distributed.md)
+_SHARDING_ENGINES = frozenset({"DEEPSPEED", "FSDP", "MEGATRON_LM"})
+
+
 def _summed(accelerator: Any, *values: float) -> list[float]:
     """``values`` summed over the processes (as they are in one process)."""
     if accelerator.num_processes == 1:
@@ -309,6 +313,12 @@ def train(
     rank, world, main = (
         accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     )  # fmt: skip
+    if accelerator.distributed_type.name in _SHARDING_ENGINES:
+        raise NotImplementedError(
+            f"train: {accelerator.distributed_type.name} is not supported: it shards weights "
+            "or optimizer state, and the probe refresh, dev loss and checkpoints read them "
+            "whole (docs/distributed.md); launch plain data parallel (torchrun) instead"
+        )
     if config.batch_size < world:
         raise ValueError(f"train: batch_size {config.batch_size} < {world} processes")
     if world > 1 and not decoupler.shared:
