@@ -32,12 +32,13 @@ must agree across (a), (b) and (c) (the exactness check in the JSON; (b′) is l
 not run one after the other: the Trainer drives the loop, and its ``on_step_end``
 callback runs the (b), (b′) and (c) steps on the same batch (in rotating order) before
 the Trainer moves on. Load changes then hit all arms alike, and the ratios stay
-meaningful. For that, (b), (b′) and (c) run this module's :meth:`OurArm.step`, which is
-the body of ``train()``'s step line for line (collate, ``accelerator.accumulate``,
-:func:`~vardecouple.train.supervised_loss`, ``token_mask``, penalty with or without
-gradient, ``accelerator.backward``, clipping at 1.0, AdamW, cosine schedule,
-``zero_grad``, the ``.item()`` logging and the finiteness check) and is timed the way
-``train()`` times it. Keep it in step with ``train()`` when that changes.
+meaningful. For that, (b), (b′) and (c) run this module's :meth:`OurArm.step`, which
+calls the step of ``train()`` itself, :func:`~vardecouple.train.micro_step` (collate,
+``accelerator.accumulate``, :func:`~vardecouple.train.supervised_loss`, ``token_mask``,
+penalty with or without gradient, ``accelerator.backward``, clipping at 1.0, AdamW,
+cosine schedule, ``zero_grad``, the ``.item()`` logging) plus the finiteness check, timed
+the way ``train()`` times it. (Results recorded before micro_step existed came from a
+line-for-line copy of that step, numerically the same in one process.)
 
 Step times: (a) from a ``TrainerCallback`` (``on_step_begin`` -> ``on_step_end``:
 forward, backward, clipping, optimizer and scheduler step; the Trainer fetches and
@@ -104,7 +105,13 @@ from vardecouple.data import format_example, load_corpus, make_splits, tokenize_
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
 from vardecouple.model import LoadedModel, add_lora, load_model
 from vardecouple.states import _decoder_body, capture
-from vardecouple.train import batches, collate, supervised_loss, trimmed_vocab
+from vardecouple.train import (
+    Objective,
+    batches,
+    collate,
+    micro_step,
+    trimmed_vocab,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "flores200"
@@ -279,41 +286,25 @@ class OurArm:
         self.params = [p for p in loaded.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, 0, steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            loaded.model, optimizer, scheduler
-        )
+        objective = Objective(loaded.model, decoupler.layers, vocab)
+        self.objective, self.optimizer = self.accelerator.prepare(objective, optimizer)
+        self.scheduler = scheduler  # train(): unprepared, stepped once per optimizer step
+        self.model = loaded.model
         self.records: list[dict[str, Any]] = []
 
     def step(self, step: int, batch_ids: Sequence[int]) -> None:
-        accelerator, decoupler, model = self.accelerator, self.decoupler, self.model
-        model.train()
+        decoupler = self.decoupler
+        self.objective.train()
         lam = decoupler.lam_at(step)
-        totals = {"loss": 0.0, "lm_loss": 0.0, "penalty": 0.0, "tokens": 0}
         t0, u0 = time.perf_counter(), usage()
         batch = collate([self.features[i] for i in batch_ids], self.pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.accumulate(model):
-            lm_loss, hidden = supervised_loss(model, batch, decoupler.layers, self.vocab)
-            mask = decoupler.token_mask(
-                batch["attention_mask"], batch["target_mask"], batch["low_resource"]
-            )
-            if lam > 0:
-                penalty = decoupler.penalty(hidden, mask)
-                loss = lm_loss + lam * penalty
-            else:
-                with torch.no_grad():
-                    penalty = decoupler.penalty({k: v.detach() for k, v in hidden.items()}, mask)
-                loss = lm_loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and MAX_GRAD_NORM > 0:
-                accelerator.clip_grad_norm_(self.params, MAX_GRAD_NORM)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        totals["loss"] += loss.item()
-        totals["lm_loss"] += lm_loss.item()
-        totals["penalty"] += penalty.item()
-        totals["tokens"] += int(batch["attention_mask"].sum())
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        lm, pen, loss, tokens = micro_step(
+            self.accelerator, self.objective, decoupler, batch, lam,
+            optimizer=self.optimizer, scheduler=self.scheduler, params=self.params,
+            max_grad_norm=MAX_GRAD_NORM,
+        )  # fmt: skip
+        totals = {"loss": loss, "lm_loss": lm, "penalty": pen, "tokens": tokens}
         if not all(math.isfinite(totals[k]) for k in ("loss", "penalty")):
             raise FloatingPointError(f"non-finite loss or penalty at step {step}: {totals}")
         seconds = time.perf_counter() - t0
@@ -322,8 +313,7 @@ class OurArm:
         )
 
     def refresh(self, step: int) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        self.decoupler.refresh(model, self.loaded.tokenizer, step)
+        self.decoupler.refresh(self.model, self.loaded.tokenizer, step)
 
     def result(self, warmup: int) -> dict[str, Any]:
         seconds = [r["seconds"] for r in self.records]

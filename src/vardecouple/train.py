@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from vardecouple.checkpoint import fault_point, has_checkpoint, load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
+from vardecouple.results import write_json_atomic
 from vardecouple.states import _decoder_body, capture
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "batches",
     "collate",
     "dev_loss",
+    "micro_step",
     "supervised_loss",
     "train",
     "trimmed_vocab",
@@ -262,16 +264,55 @@ def _keep_if_best(model: nn.Module, out: Path, step: int, loss: float) -> None:
     model.save_pretrained(tmp)
     shutil.rmtree(out / "best-adapter", ignore_errors=True)
     os.replace(tmp, out / "best-adapter")
-    _write_json_atomic(best, {"step": step, "dev_loss": loss})
+    write_json_atomic(best, {"step": step, "dev_loss": loss})
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def micro_step(
+    accelerator: Any,
+    objective: nn.Module,
+    decoupler: OnlineDecoupler,
+    batch: dict[str, Tensor],
+    lam: float,
+    *,
+    optimizer: Any,
+    scheduler: Any,
+    params: Sequence[Tensor],
+    max_grad_norm: float,
+) -> tuple[float, float, float, int]:
+    """One micro-batch of :func:`train` on this process's share of the batch: forward,
+    ``lm_share·L_LM + λ·pen_share·L_dec``, backward, and (when the gradients sync)
+    clipping, AdamW and one scheduler step. The shares are this process's fraction of
+    the batch's target and penalised tokens (times the process count; 1 in one process),
+    so DDP's averaged gradient is the whole batch's. Returns the whole batch's
+    ``(lm_loss, penalty, loss, non-pad tokens)``, as one process would log them."""
+    world = accelerator.num_processes
+    mask = decoupler.token_mask(
+        batch["attention_mask"], batch["target_mask"], batch["low_resource"]
+    )
+    n, w = float((batch["labels"][:, 1:] != -100).sum()), float(mask.sum())
+    n_all, w_all, tokens = _summed(accelerator, n, w, float(batch["attention_mask"].sum()))
+    lm_share, pen_share = n * world / n_all, w * world / max(w_all, 1.0)
+    with accelerator.accumulate(objective):
+        lm_loss, hidden = objective(**batch)
+        if lam > 0:
+            penalty = decoupler.penalty(hidden, mask)
+            loss = lm_share * lm_loss + lam * pen_share * penalty
+        else:  # logged only: no gradient, so λ = 0 is exactly plain LoRA
+            with torch.no_grad():
+                penalty = decoupler.penalty({k: v.detach() for k, v in hidden.items()}, mask)
+            loss = lm_share * lm_loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        if accelerator.sync_gradients:  # once per optimizer step, whatever the processes
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    if world == 1:
+        return lm_loss.item(), penalty.item(), loss.item(), int(tokens)
+    lm_sum, pen_sum = _summed(accelerator, lm_loss.item() * n, penalty.item() * w)
+    lm, pen = lm_sum / n_all, pen_sum / max(w_all, 1.0)
+    return lm, pen, (lm + lam * pen if lam > 0 else lm), int(tokens)
 
 
 def train(
@@ -381,39 +422,11 @@ def train(
                 mine = plan[step * config.grad_accum + micro][rank::world]
                 batch = collate([features[i] for i in mine], pad_id)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                mask = decoupler.token_mask(
-                    batch["attention_mask"], batch["target_mask"], batch["low_resource"]
-                )
-                n, w = float((batch["labels"][:, 1:] != -100).sum()), float(mask.sum())
-                n_all, w_all, tokens = _summed(
-                    accelerator, n, w, float(batch["attention_mask"].sum())
-                )
-                # this process's share of the batch's token means (1 in one process)
-                lm_share, pen_share = n * world / n_all, w * world / max(w_all, 1.0)
-                with accelerator.accumulate(objective):
-                    lm_loss, hidden = objective(**batch)
-                    if lam > 0:
-                        penalty = decoupler.penalty(hidden, mask)
-                        loss = lm_share * lm_loss + lam * pen_share * penalty
-                    else:  # logged only: no gradient, so λ = 0 is exactly plain LoRA
-                        with torch.no_grad():
-                            penalty = decoupler.penalty(
-                                {k: v.detach() for k, v in hidden.items()}, mask
-                            )
-                        loss = lm_share * lm_loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if world == 1:
-                    lm, pen, both = lm_loss.item(), penalty.item(), loss.item()
-                else:  # the whole batch's token means, as one process logs them
-                    lm_sum, pen_sum = _summed(accelerator, lm_loss.item() * n, penalty.item() * w)
-                    lm, pen = lm_sum / n_all, pen_sum / max(w_all, 1.0)
-                    both = lm + lam * pen if lam > 0 else lm
+                lm, pen, both, tokens = micro_step(
+                    accelerator, objective, decoupler, batch, lam,
+                    optimizer=optimizer, scheduler=scheduler, params=params,
+                    max_grad_norm=config.max_grad_norm,
+                )  # fmt: skip
                 totals["loss"] += both / config.grad_accum
                 totals["lm_loss"] += lm / config.grad_accum
                 totals["penalty"] += pen / config.grad_accum
@@ -476,6 +489,6 @@ def train(
         "final_overlap": final["overlap"],
     }
     if main:
-        _write_json_atomic(out / "train_summary.json", summary)
+        write_json_atomic(out / "train_summary.json", summary)
     accelerator.wait_for_everyone()
     return summary
