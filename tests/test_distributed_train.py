@@ -171,3 +171,34 @@ def test_sharding_engines_are_refused_with_one_clear_error(engine, tmp_path, mon
     with pytest.raises(NotImplementedError, match=f"{engine} is not supported"):
         train(None, None, [], None, TrainConfig(), tmp_path / "out")  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()  # refused before writing anything
+
+
+GEMMA = (
+    CONFIG.replace('spec = "tiny-random"', 'spec = "gemma3-270m"')
+    .replace("layers = [1]", "layers = [9]")
+    .replace("steps = 6", "steps = 3")
+    .replace("checkpoint_every = 3", "checkpoint_every = 0")
+    .replace("max_train_examples = 300", "max_train_examples = 60")
+    .replace("batch_size = 6", "batch_size = 4")
+    .replace("lam = 1.0", "lam = 0.01")
+)
+
+
+@pytest.mark.slow
+def test_two_processes_train_gemma_as_one_does(tmp_path) -> None:
+    """gemma3-270m, German–Low German, 3 steps, mean-diff probe at layer 9: `torchrun` with
+    2 processes logs the losses, penalties and overlaps of the 1-process run."""
+    cfg = tmp_path / "gemma.toml"
+    cfg.write_text(GEMMA)
+    for n in (1, 2):
+        _train(cfg, tmp_path / f"p{n}", n)
+    one, two = _log(tmp_path / "p1"), _log(tmp_path / "p2")
+    steps = [(a, b) for a, b in zip(one, two, strict=True) if "lm_loss" in a]
+    assert len(steps) == 3
+    for a, b in steps:
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-4), a["step"]
+        assert b["penalty"] == pytest.approx(a["penalty"], rel=1e-3), a["step"]
+        assert b["tokens"] == a["tokens"]
+    last = one[-1]["overlap"]["9"], two[-1]["overlap"]["9"]
+    for variety, o in last[0].items():
+        assert last[1][variety]["reference"] == pytest.approx(o["reference"], rel=1e-3)
