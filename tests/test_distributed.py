@@ -35,6 +35,7 @@ def _options(name: str, seed: int) -> dict:
 
 
 def _worker(rank: int, folder: str) -> None:
+    early = _refresh(build_only=True)  # built before the process group exists
     dist.init_process_group(
         "gloo",
         init_method=f"file://{folder}/rendezvous",
@@ -51,26 +52,33 @@ def _worker(rank: int, folder: str) -> None:
             est = make_estimator(name, 1, all_reduce=dist.all_reduce, **_options(name, 0))
             out[name] = est.fit(x[part], y[part]).basis
         out["decoupler"] = _refresh()
+        unsharded = [s.text for s in early.fit_on]
+        early.distribute()  # what train() does with a decoupler built too early
+        out["early"] = {"before": unsharded, "after": [s.text for s in early.fit_on],
+                        "shared": sorted(early.shared)}  # fmt: skip
         torch.save(out, Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _refresh() -> dict:
-    """A decoupler refresh of a tiny model: subspace and held-out overlaps."""
+def _refresh(build_only: bool = False):
+    """A decoupler refresh of a tiny model: subspace and held-out overlaps (or, with
+    ``build_only``, the decoupler without model or refresh)."""
     from conftest import CORPORA
     from vardecouple.data import load_corpus, make_splits
     from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
     from vardecouple.model import tiny_random
 
     corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    texts = [t for row in corpus.rows[:500] for t in row.values()]
-    model, tok = tiny_random(texts)
     splits = make_splits([corpus], standard="deu_Latn", varieties=["nds_Latn"],
                          directions="standard<->variety",
                          dev_rows=0, probe_rows=60, test_rows=0, seed=0)  # fmt: skip
     config = DecouplerConfig(estimator="pca", reference_estimator="mean-diff", layers=(1,))
-    dec = OnlineDecoupler(config, splits.probe, num_layers=len(model.model.layers))
+    dec = OnlineDecoupler(config, splits.probe, num_layers=4)  # tiny_random has 4 layers
+    if build_only:
+        return dec
+    model, tok = tiny_random([t for row in corpus.rows[:500] for t in row.values()])
+    assert len(model.model.layers) == 4
     log = dec.refresh(model, tok, step=0)
     return {"basis": dec.subspaces[1].basis, "overlap": log["overlap"], "fit_rows": len(dec.fit_on)}
 
@@ -126,3 +134,14 @@ def test_the_decoupler_shards_its_rows_and_matches_one_process(ranks) -> None:
             assert ranks[0]["decoupler"]["overlap"]["1"][variety][which] == pytest.approx(
                 o[which], abs=1e-3
             )
+
+
+def test_a_decoupler_built_before_the_process_group_shards_when_asked(ranks) -> None:
+    """train() calls distribute() on a decoupler built before the group came up: it then
+    fits on this process's shard, like one built after (same rows, all-reduce on)."""
+    early = [r["early"] for r in ranks]
+    assert early[0]["before"] == early[1]["before"]  # unsharded: every row on both
+    assert sorted(early[0]["after"] + early[1]["after"]) == sorted(early[0]["before"])
+    assert not set(early[0]["after"]) & set(early[1]["after"])
+    assert early[0]["shared"] == ["all_reduce", "num_classes"]
+    assert [len(e["after"]) for e in early] == [r["decoupler"]["fit_rows"] for r in ranks]
