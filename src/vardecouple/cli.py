@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -97,6 +98,8 @@ def _train(args: argparse.Namespace) -> int:
             " `vardecouple run` trains it"
         )
     summary, _ = train_arm(config, args.arm, args.out, seed=seed, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # several processes: the main one reports
+        return 0
     if summary.get("resumed_from"):
         print(f"resumed from the checkpoint at step {summary['resumed_from']}")
     print(
