@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _common import git_state, machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--probe-seeds", default="1,2,3", help="1-process runs for the spread")
+    parser.add_argument("--out", default=str(RESULTS / "ddp_speed.json"))
     args = parser.parse_args(argv)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "ddp_speed",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine("accelerate"),
+        "git": git_state(),
         "command": "benchmarks/ddp_speed.py " + " ".join(argv or sys.argv[1:]),
         "steps": args.steps,
         "warmup": args.warmup,
@@ -147,11 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "probe_seed_runs": seed_runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    target = RESULTS / "ddp_speed.json"
-    tmp_file = target.with_name(".ddp_speed.json.tmp")
-    tmp_file.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_file, target)
+    target = Path(args.out)
+    write_json(target, result)
     for name, v in result["layouts"].items():
         print(
             f"{name} (processes x threads): median step {v['median_step_seconds']:.2f} s, "

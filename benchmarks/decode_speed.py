@@ -76,14 +76,11 @@ import datetime as dt
 import importlib
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +88,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch
 
+from _common import atomic_write, git_state, machine
+from _common import json_safe as _json_safe
+from _common import md_table as _table
 from vardecouple.data import format_example, load_corpus
 from vardecouple.data.splits import Example
 from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
@@ -328,87 +328,6 @@ def strip(run: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reporting
-def machine() -> dict[str, Any]:
-    import transformers
-
-    cpu, mem = platform.processor(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory": mem,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """The commit and the ``src/`` paths that differ from it (read-only git calls)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "--no-optional-locks", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-
-    try:
-        return {
-            "commit": git("rev-parse", "HEAD").strip(),
-            "src_changes": git("status", "--porcelain", "--", "src").splitlines(),
-        }
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": repr(exc)}
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _table(header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
-    marks = {"l": "---", "r": "---:", "c": ":---:"}
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(marks[a] for a in align) + " |",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%" if x == x else "—"
 
@@ -675,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "decode_speed",
         "date": date,
         "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "machine": machine(),
+        "machine": machine("transformers"),
         "git": git,
         "runtime_seconds": runtime,
         "load_average_1_5_15min": load,

@@ -23,14 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-
-def _cpu() -> str:
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return f"{names[0]} x{len(names)}" if names else platform.processor()
+from _common import cpu_name, write_json
 
 
 def main() -> int:
@@ -75,7 +68,7 @@ def main() -> int:
         "benchmark": "demo_time",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["vardecouple", *cmd[1:2], "--out", "DIR", *cmd[4:]]),
-        "machine": f"{platform.system()} {platform.release()}, {_cpu()}",
+        "machine": f"{platform.system()} {platform.release()}, {cpu_name()}",
         "git_sha": results["provenance"].get("git_sha"),
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
@@ -87,11 +80,7 @@ def main() -> int:
         "chrf_mean_low_resource": chrf,
         "deltas_mean_low_resource": deltas,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(json.dumps(record, indent=1))
-    os.replace(tmp_path, path)
+    write_json(Path(args.out), record)
     print("| demo | wall s | training s (all arms) | evaluation s | load 1-min start/end |")
     print("|---|---:|---:|---:|---|")
     print(

@@ -24,6 +24,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import cpu_name, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 CONFIG = f"""
@@ -57,15 +59,6 @@ SETTINGS = {  # name -> extra eval arguments
     "erase-l9-a2": ["--erase-layers", "9", "--erase-alpha", "2"],
     "erase-l4,9,14-a1": ["--erase-layers", "4,9,14", "--erase-alpha", "1"],
 }
-
-
-def _cpu() -> str:
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return f"{names[0]} x{len(names)}" if names else platform.processor()
 
 
 def _deltas(config: Path, keep: Path, rows: dict) -> dict:
@@ -129,15 +122,16 @@ def main() -> int:
     result = {
         "benchmark": "erasure_gemma",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "examples_per_direction": args.examples,
         "settings": rows,
         "deltas_vs_plain": deltas,
     }
-    target = Path(args.out)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
+    write_json(Path(args.out), result, indent=2)
     print("| setting | direction | chrF++ | target rate | standard rate |")
     print("|---|---|---:|---:|---:|")
     for name, r in rows.items():

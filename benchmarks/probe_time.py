@@ -29,6 +29,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import cpu_name, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 STUDIES: dict[str, tuple[str, str, list[str]]] = {
@@ -40,15 +42,6 @@ STUDIES: dict[str, tuple[str, str, list[str]]] = {
     "fin-fkv": ("tatoeba-fin-fkv", "fin_Latn", ["fkv_Latn"]),
     "deu-nds": ("tatoeba-deu-nds", "deu_Latn", ["nds_Latn"]),
 }
-
-
-def _cpu() -> str:
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return f"{names[0]} x{len(names)}" if names else platform.processor()
 
 
 def main() -> int:
@@ -91,14 +84,15 @@ def main() -> int:
     result = {
         "benchmark": "probe_time",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "target_seconds": 600,
         "studies": rows,
     }
-    target = Path(args.out)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_json(Path(args.out), result, indent=2)
     print("| study | sentences | layers | states (s) | metrics (s) | wall (s) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:

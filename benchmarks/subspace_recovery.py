@@ -71,12 +71,9 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -91,6 +88,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from _common import atomic_write, git_state, machine
+from _common import json_safe as _json_safe
+from _common import md_table as _table
 from vardecouple.subspace import SubspaceEstimator, make_estimator, principal_angles
 from vardecouple.synthetic import PlantedVarieties, planted_varieties
 
@@ -423,75 +423,6 @@ def check_targets(recovery: list[dict[str, Any]], timing: list[dict[str, Any]]) 
 
 
 # --------------------------------------------------------------------------- output
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """The commit and the ``src/`` paths that differ from it (read-only git calls)."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "--no-optional-locks", *args],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-
-    try:
-        return {
-            "commit": git("rev-parse", "HEAD").strip(),
-            "src_changes": git("status", "--porcelain", "--", "src").splitlines(),
-        }
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": repr(exc)}
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 # --------------------------------------------------------------------------- markdown
 def target_rank(target: str) -> int:
     return 1 if target == "standard-vs-rest" else RANK
@@ -503,15 +434,6 @@ def _rank_deficient(cell: dict[str, Any]) -> bool:
 
 def _num(x: float, digits: int = 1) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
-
-
-def _table(header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
-    rule = ["---:" if a == "r" else "---" for a in align]
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(rule) + "|",
-        *["| " + " | ".join(row) + " |" for row in rows],
-    ]
 
 
 def recovery_table(
