@@ -16,6 +16,8 @@ from vardecouple.config import ConfigError, load_config
 from vardecouple.experiment import run_experiment, validate_results
 from vardecouple.report import PLOTS, SECTIONS
 
+pytestmark = pytest.mark.usefixtures("corpora")
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
@@ -106,12 +108,25 @@ def test_report_has_every_section_and_plot(finished: Path) -> None:
         assert (out / "plots" / plot).stat().st_size > 1000
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_a_finished_run_is_not_overwritten(finished: Path, capsys) -> None:
-    before = (finished / "out" / "results.json").read_bytes()
-    code = main(["run", str(finished / "mini.toml"), "--out", str(finished / "out")])
-    err = capsys.readouterr().err
-    assert code == 2 and "finished run" in err and "decoupled" in err
-    assert (finished / "out" / "results.json").read_bytes() == before
+    """The same config again: exit 0, "already finished", every file untouched; the
+    library call refuses (FileExistsError); another config in the folder: exit 2."""
+    out = finished / "out"
+    before = _tree(out)
+    code = main(["run", str(finished / "mini.toml"), "--out", str(out)])
+    assert code == 0 and "already finished" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="finished run"):
+        run_experiment(load_config(finished / "mini.toml"), out, progress=False)
+    other = finished / "other.toml"
+    other.write_text((finished / "mini.toml").read_text().replace("steps = 4", "steps = 5"))
+    code = main(["run", str(other), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "different config" in err and "--overwrite" in err
+    assert _tree(out) == before
 
 
 def test_resume_after_a_crash_between_arms_recomputes_nothing_finished(

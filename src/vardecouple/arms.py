@@ -17,8 +17,16 @@ import torch
 
 from vardecouple.config import ExperimentConfig
 from vardecouple.data import Splits, format_example, load_corpus, make_splits, tokenize_example
+from vardecouple.results import write_json_atomic
 
-__all__ = ["load_base", "prepare_data", "tokenized_features", "train_arm"]
+__all__ = [
+    "check_fits",
+    "load_base",
+    "prepare_data",
+    "tokenized_features",
+    "train_arm",
+    "write_text_atomic",
+]
 
 
 def prepare_data(config: ExperimentConfig) -> Splits:
@@ -87,13 +95,23 @@ def train_arm(
     from vardecouple.model import add_lora
     from vardecouple.train import train
 
-    # fails early on a bad arm
+    # every check that can fail on user input runs before the first byte is written
     decoupler_config = config.decoupler_config(arm, seed=seed, match_penalty=match_penalty)
     out = Path(out_dir)
     if (out / "train_summary.json").exists():  # before any loading
         raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
     if not resume and (out / "train_log.jsonl").exists():
         raise FileExistsError(f"train: {out} holds a started run; pass --resume to continue it")
+    resolved = _recorded(config, arm, seed)
+    saved = out / "config.json"
+    if resume and saved.is_file():
+        before = json.loads(saved.read_text(encoding="utf-8"))
+        keep = {k: v for k, v in before.items() if k not in ("source", "data_root")}
+        if keep != {k: v for k, v in resolved.items() if k not in ("source", "data_root")}:
+            raise FileExistsError(
+                f"train: {out} holds a run of a different config or arm ({saved} differs); "
+                "choose another --out"
+            )
     # under torchrun / accelerate launch: join the process group before the decoupler
     # is built (it shards its probe rows); only the main process writes files
     from accelerate import PartialState
@@ -101,6 +119,7 @@ def train_arm(
     processes = PartialState(cpu=not torch.cuda.is_available())
     splits = splits or prepare_data(config)
     loaded = load_base(config, splits)
+    check_fits(config, loaded, [arm])
     lora = config.lora
     add_lora(
         loaded,
@@ -119,9 +138,8 @@ def train_arm(
     decoupler = OnlineDecoupler(decoupler_config, splits.probe, loaded.num_layers)
     out.mkdir(parents=True, exist_ok=True)
     if processes.is_main_process:
-        resolved = config.model_dump() | {"arm": arm, "seed": seed}
-        (out / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
-        (out / "splits.txt").write_text(splits.describe() + "\n")
+        write_json_atomic(saved, resolved)
+        write_text_atomic(out / "splits.txt", splits.describe() + "\n")
     summary = train(
         loaded.model,
         loaded.tokenizer,
@@ -143,6 +161,38 @@ def train_arm(
         os.replace(tmp, out / "adapter")
     processes.wait_for_everyone()
     return summary, loaded
+
+
+def _recorded(config: ExperimentConfig, arm: str, seed: int) -> dict[str, Any]:
+    """The config as a training folder records it (``config.json``): absolute paths."""
+    record = config.model_dump() | {"source": str(Path(config.source).resolve())}
+    return json.loads(json.dumps(record | {"arm": arm, "seed": seed}, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary name (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_fits(config: ExperimentConfig, loaded: Any, arms: list[str] | None = None) -> None:
+    """Every arm's layers lie in the model and its ranks fit the hidden size (one line)."""
+    n, d = loaded.num_layers, loaded.hidden_size
+    for arm in config.arms if arms is None else arms:
+        s = config.arm(arm)
+        if s.kind not in ("train", "erase"):
+            continue
+        where = f"config {config.source}: arms.{arm}"
+        bad = [i for i in (s.layers or []) if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{where}: layers {bad} out of range; {config.model.spec} "
+                             f"has layers 0..{n - 1}")  # fmt: skip
+        for key in ("rank", "reference_rank"):
+            if getattr(s, key) > d:
+                raise ValueError(f"{where}: {key} {getattr(s, key)} exceeds the hidden size "
+                                 f"{d} of {config.model.spec}")  # fmt: skip
 
 
 def load_base(config: ExperimentConfig, splits: Splits) -> Any:

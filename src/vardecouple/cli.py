@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vardecouple import __version__
 
@@ -117,9 +117,14 @@ def _command_line() -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from vardecouple.config import load_config
-    from vardecouple.experiment import run_experiment
+    from vardecouple.experiment import run_experiment, run_state
 
     config = load_config(args.config, data_root=args.data_root)
+    if not args.overwrite and run_state(config, args.out) == "finished":
+        done = Path(args.out) / "results.json"
+        print(f"run: {args.out} is already finished (same config); nothing to do.\n"
+              f"results: {done}\nreport:  {done.parent / 'report.md'}")  # fmt: skip
+        return 0
     results = run_experiment(
         config,
         args.out,
@@ -151,7 +156,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         d = config.decoupler
         erase = EraseConfig(
-            layers=args.erase_layers if args.erase_layers is not None else (
+            layers=tuple(args.erase_layers) if args.erase_layers is not None else (
                 tuple(d.layers) if d.layers is not None else None),
             alpha=args.erase_alpha if args.erase_alpha is not None else 1.0,
             estimator=args.erase_estimator or d.estimator,
@@ -184,22 +189,21 @@ def _demo(args: argparse.Namespace) -> int:
     demo = replace(demo, **{k: v for k, v in sizes.items() if v is not None})
     if args.seeds is not None:
         demo = replace(demo, seeds=tuple(args.seeds))
-    if args.corpus is None and args.model != "tiny-random":
-        raise ValueError("demo: --model needs --corpus (the synthetic family uses tiny-random)")
-    try:
-        report = run_demo(
-            args.out,
-            demo=demo,
-            corpus=args.corpus,
-            standard=args.standard,
-            varieties=args.varieties,
-            model=args.model,
-            command=_command_line(),
-        )
-    except FileExistsError as exc:
-        print(f"vardecouple demo: {exc}")
-        return 0
-    print(f"demo finished; report: {report}")
+    state = run_demo(
+        args.out,
+        demo=demo,
+        corpus=args.corpus,
+        standard=args.standard,
+        varieties=args.varieties,
+        model=args.model,
+        command=_command_line(),
+        overwrite=args.overwrite,
+    )
+    if state.status == "finished":
+        print(f"demo: {args.out} is already finished (same version and sizes); nothing to do."
+              f"\nreport: {state.report}  (--overwrite redoes it)")  # fmt: skip
+    else:
+        print(f"demo finished; report: {state.report}")
     return 0
 
 
@@ -212,8 +216,8 @@ def _probe(args: argparse.Namespace) -> int:
         args.standard,
         args.out,
         varieties=args.varieties,
-        adapters=args.adapter,
-        layers=args.layers,
+        adapters=args.adapter or [],
+        layers=",".join(args.layers) if args.layers else "all",
         max_rows=args.max_rows,
         rank=args.rank,
         batch_size=args.batch_size,
@@ -222,6 +226,31 @@ def _probe(args: argparse.Namespace) -> int:
     )
     print(f"probe: {path}\nplots: {path.parent / 'plots'}")
     return 0
+
+
+class _ListFlag(argparse.Action):
+    """A list flag, one habit everywhere: ``--x a b c``, ``--x a,b,c`` or a mix; a
+    repeated flag adds to the list. ``item`` converts (and checks) each element."""
+
+    def __init__(self, option_strings: list[str], dest: str, item: Any = str, **kwargs: Any):
+        self.item = item
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        items = []
+        for value in values:
+            for part in value.split(","):
+                if not part.strip():
+                    raise argparse.ArgumentError(self, f"empty item in {value!r}")
+                try:
+                    items.append(self.item(part.strip()))
+                except (ValueError, argparse.ArgumentTypeError) as exc:
+                    raise argparse.ArgumentError(self, str(exc)) from None
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, [*(before or []), *items])
+
+
+LISTS = "lists: space- or comma-separated (a b c or a,b,c)"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -238,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Decouple a dominant standard variety's subspace while fine-tuning language "
             "models on low-resource varieties (arXiv 2508.12803, made explicit)."
         ),
+        epilog="Every list flag takes space- or comma-separated values (a b c or a,b,c).",
     )
     parser.add_argument("--version", action="version", version=f"vardecouple {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -287,13 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inference-time erasure (any of these turns it on; defaults from [decoupler])"
     )
     ers.add_argument(
-        "--erase-layers", type=_layer_list, default=None, help="e.g. 9 or 6,9 (default: middle)"
+        "--erase-layers",
+        action=_ListFlag,
+        item=_layer,
+        default=None,
+        help="0-based layers, e.g. 9 or 6 9 or 6,9 (default: middle)",
     )
     ers.add_argument(
         "--erase-alpha", type=_alpha, default=None, help="α of h ← h − α·UUᵀ(h − c) (default 1)"
     )
     ers.add_argument("--erase-estimator", default=None, help="the estimator fitting U")
     ers.add_argument("--erase-rank", type=_positive_int, default=None, help="rank of U")
+    e.epilog = LISTS
     e.set_defaults(func=_eval)
     d = sub.add_parser(
         "demo",
@@ -308,14 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output folder (data, model, run/report.md)")
     d.add_argument("--corpus", default=None, help="a line-aligned corpus folder instead")
     d.add_argument("--standard", default=None, help="the standard variety code (with --corpus)")
-    d.add_argument("--varieties", nargs="+", default=None, help="default: all other codes")
+    d.add_argument(
+        "--varieties", action=_ListFlag, default=None, help="codes; default: all other codes"
+    )
     d.add_argument("--model", default="tiny-random", help="model spec (with --corpus)")
     d.add_argument("--steps", type=_positive_int, default=None, help="training steps per arm")
-    d.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
+    d.add_argument("--seeds", action=_ListFlag, item=int, default=None, help="default: 0 1")
     d.add_argument("--test-rows", type=_positive_int, default=None, help="test rows")
     d.add_argument("--pretrain-steps", type=_positive_int, default=None)
     d.add_argument("--lam", type=float, default=None, help="λ of the decoupled arm")
     d.add_argument("--quick", action="store_true", help="a small study (about a minute)")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a demo of another version or sizes in --out (a finished demo of the "
+        "same one is kept: the command says so and exits 0)",
+    )
+    d.epilog = LISTS
     d.set_defaults(func=_demo)
     rep = sub.add_parser(
         "report",
@@ -336,16 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--model", required=True, help="model spec (gemma3-270m, tiny-random, ...)")
     pb.add_argument(
         "--adapter",
-        nargs="+",
-        action="extend",
-        default=[],
+        action=_ListFlag,
+        default=None,
         metavar="DIR",
         help="peft adapter folder(s), each probed after the base model",
     )
     pb.add_argument("--corpus", required=True, help="a line-aligned corpus folder")
     pb.add_argument("--standard", required=True, help="the standard variety code")
-    pb.add_argument("--varieties", nargs="+", default=None, help="default: all other codes")
-    pb.add_argument("--layers", default="all", help="all or 0-based indices, e.g. 0,3,9")
+    pb.add_argument(
+        "--varieties", action=_ListFlag, default=None, help="codes; default: all other codes"
+    )
+    pb.add_argument(
+        "--layers", action=_ListFlag, default=None, help="all (default) or 0-based indices: 0 3 9"
+    )
     pb.add_argument(
         "--max-rows", type=_positive_int, default=1000, help="first N rows (default 1000)"
     )
@@ -356,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
     pb.add_argument("--out", required=True, help="output folder (probe.json, plots/)")
+    pb.epilog = LISTS
     pb.set_defaults(func=_probe)
     p = sub.add_parser(
         "planted",
@@ -388,16 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layer_list(text: str) -> tuple[int, ...]:
+def _layer(text: str) -> int:
     try:
-        layers = tuple(int(x) for x in text.split(","))
+        layer = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated layer indices like 6,9, got {text!r}"
+            f"expected layer indices like 6 9 or 6,9, got {text!r}"
         ) from None
-    if min(layers) < 0:
+    if layer < 0:
         raise argparse.ArgumentTypeError(f"layer indices are 0-based and >= 0, got {text!r}")
-    return layers
+    return layer
 
 
 def _alpha(text: str) -> float:
@@ -420,12 +468,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _quiet_hf_bars() -> None:
+    """transformers reads the environment once, at import; if it is imported, tell it."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    if not _terminal(sys.stderr):
+        # a log file or CI: no progress-bar redraws from transformers / huggingface_hub
+        # either (ours write whole lines: vardecouple.progress)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        _quiet_hf_bars()
     try:
         return int(args.func(args))
     except (

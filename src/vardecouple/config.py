@@ -27,6 +27,7 @@ Example (``examples/arabic-flores.toml`` has the full one)::
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -222,7 +223,10 @@ class ExperimentConfig(_Strict):
         return TrainConfig(**fields, seed=seed)
 
     def resolve(self, path: str) -> Path:
-        """A corpus path, relative to ``data.root``, itself relative to the data root."""
+        """A corpus path, relative to ``data.root``, itself relative to the data root.
+
+        The data root is absolute (made so at load), so the result never depends on the
+        current directory."""
         base = Path(self.data_root) / self.data.root
         return (base / path).resolve() if not Path(path).is_absolute() else Path(path)
 
@@ -279,7 +283,12 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
             first = exc.errors()[0]
             first = first | {"loc": ("arms", arm, *first["loc"])}
             raise ConfigError(_describe(first, str(source))) from None
-    root = Path(data_root) if data_root is not None else source.parent
+    # relative paths in a config mean "relative to the config" (or to --data-root), never
+    # to the current directory: the base is made absolute here, once
+    root = (Path(data_root) if data_root is not None else source.parent).resolve()
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("spec"), str):
+        raw = raw | {"model": model | {"spec": _model_path(model["spec"], root)}}
     try:
         config = ExperimentConfig(**raw, source=str(source), data_root=str(root))
     except ValidationError as exc:
@@ -304,6 +313,23 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
                 f"{where}: {target!r} must be a penalised, trained arm with its own λ"
             )
     return config
+
+
+def _model_path(spec: str, root: Path) -> str:
+    """A local model path in a config is relative to the config's folder (``root``).
+
+    Aliases (``gemma3-270m``, ``tiny-random``) and hub ids (``org/name``) stay as they
+    are; a relative spec that names an existing file or folder under ``root``, or one that
+    is written as a path (``./…``, ``../…``, ``….gguf``), becomes absolute."""
+    from vardecouple.model import ALIASES
+
+    path = Path(os.path.expanduser(spec))
+    if spec in ALIASES or spec == "tiny-random" or path.is_absolute():
+        return spec
+    written_as_path = spec.startswith(("./", "../")) or path.suffix == ".gguf"
+    if written_as_path or (root / path).exists():
+        return str((root / path).resolve())
+    return spec
 
 
 def _check_erase_on(config: ExperimentConfig, name: str, source: str) -> None:

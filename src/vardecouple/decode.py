@@ -12,6 +12,7 @@ The hypothesis is the generated text up to that newline, stripped.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from vardecouple.data.prompts import _prompt_ids
+from vardecouple.progress import progress as progress_bar
 
 __all__ = ["DecodeConfig", "decode", "left_padded", "prompt_ids", "stop_ids"]
 
@@ -97,6 +98,13 @@ def _first_line(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """The KV-cache argument's name: ``cache`` from transformers 5.24 on (where
+    ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def _greedy_batch(
     model: nn.Module, rows: list[list[int]], budgets: list[int], stops: torch.Tensor, pad: int
@@ -110,16 +118,17 @@ def _greedy_batch(
     cache = None
     step_ids, step_pos = ids, positions
     stops = stops.to(device)
+    cache_arg = _cache_argument(model)
     while True:
         result = model(
             input_ids=step_ids,
             attention_mask=mask,
             position_ids=step_pos,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_arg: cache},
         )
-        cache = result.past_key_values
+        cache = result[cache_arg] if cache_arg in result else None
         token = result.logits[:, -1].argmax(-1)
         for k, row in enumerate(alive.tolist()):
             out[row].append(int(token[k]))
@@ -191,7 +200,7 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+        bar = progress_bar(total=len(prompts), desc=desc, disable=not progress, leave=False)
         for start in range(0, len(order), config.batch_size):
             chunk = order[start : start + config.batch_size]
             rows = [contexts[i] for i in chunk]

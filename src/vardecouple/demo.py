@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from vardecouple.data import Example, format_example
 from vardecouple.data.family import PIVOT_CODE, STANDARD_CODE, FamilyConfig, make_family
+from vardecouple.progress import progress as progress_bar
 
-__all__ = ["DemoConfig", "pretrain", "run_demo"]
+__all__ = ["DemoConfig", "DemoState", "demo_state", "pretrain", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def pretrain(
     pad = tokenizer.pad_token_id
     losses = []
     model.train()
-    for _ in tqdm(range(steps), desc="pre-train", disable=not progress):
+    for _ in progress_bar(range(steps), desc="pre-train", disable=not progress):
         picks = torch.randint(len(encoded), (batch_size,), generator=gen).tolist()
         width = max(len(encoded[i]) for i in picks)
         ids = torch.full((batch_size, width), pad)
@@ -193,8 +193,16 @@ def _toml(value: Any) -> str:
 
 
 def _config_text(
-    corpus: Path, standard: str, varieties: list[str], model: str, demo: DemoConfig, real: bool
+    root: Path,
+    corpus: str,
+    standard: str,
+    varieties: list[str],
+    model: str,
+    demo: DemoConfig,
+    real: bool,
 ) -> str:
+    """The demo's TOML: ``root`` (absolute, or relative to the TOML file's folder) holds
+    the corpus folder ``corpus``."""
     # the tiny model: its middle layer and a high LR; a real model: the decoupler's
     # default (the middle layer L // 2) and the usual LoRA LR
     layers = "" if real else f"layers = [{demo.num_layers // 2}]\n"
@@ -209,8 +217,8 @@ def _config_text(
 name = "demo"
 
 [data]
-root = {_toml(str(corpus.parent))}
-corpora = [{{ path = {_toml(corpus.name)} }}]
+root = {_toml(str(root))}
+corpora = [{{ path = {_toml(corpus)} }}]
 standard = {_toml(standard)}
 varieties = {_toml(varieties)}
 directions = "standard<->variety"
@@ -265,6 +273,75 @@ match_penalty_of = "decoupled"
 """
 
 
+DEMO_FILE = "demo.json"  # what a demo folder is: version + sizes + data + model
+
+
+@dataclass(frozen=True)
+class DemoState:
+    """What ``out`` holds for a demo: ``new`` (nothing), ``partial`` (this demo, started)
+    or ``finished`` (this demo, with its report); after :func:`run_demo` ran it:
+    ``ran``."""
+
+    status: str
+    report: Path
+
+
+def _identity(
+    demo: DemoConfig,
+    corpus: Path | None,
+    standard: str | None,
+    varieties: list[str] | None,
+    model: str,
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from vardecouple import __version__
+
+    sizes = {k: v for k, v in asdict(demo).items() if k != "jobs"}  # jobs: same numbers
+    return {
+        "vardecouple": __version__,
+        "demo": json.loads(json.dumps(sizes)),
+        "corpus": str(corpus) if corpus is not None else None,
+        "standard": standard,
+        "varieties": varieties,
+        "model": model,
+    }
+
+
+def _is_demo_folder(out: Path) -> bool:
+    return any((out / name).exists() for name in (DEMO_FILE, "demo.toml", "run"))
+
+
+def demo_state(out: Path, identity: dict[str, Any]) -> DemoState:
+    """Whether ``out`` is free, holds this demo (started or finished), or something else
+    (:class:`FileExistsError`, one line naming what to do)."""
+    report = out / "run" / "report.md"
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return DemoState("new", report)
+    if not out.is_dir():
+        raise FileExistsError(f"demo: --out {out} is a file; choose a folder")
+    saved = out / DEMO_FILE
+    if not _is_demo_folder(out):
+        raise FileExistsError(f"demo: {out} is not empty and holds no demo; choose another --out")
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if before != identity:
+        if before is None:
+            what = "a demo of an earlier version"
+        else:
+            names = {"vardecouple": "version", "demo": "sizes"}
+            keys = [names.get(k, k) for k in identity if before.get(k) != identity[k]]
+            what = f"a demo of another {', '.join(keys) or 'config'}"
+        raise FileExistsError(
+            f"demo: {out} holds {what}; pass --overwrite to replace it, or choose another --out"
+        )
+    if (out / "run" / "results.json").is_file() and report.is_file():
+        return DemoState("finished", report)
+    return DemoState("partial", report)
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -275,56 +352,110 @@ def run_demo(
     model: str = "tiny-random",
     command: str = "vardecouple demo",
     progress: bool = True,
-) -> Path:
-    """Run the study; returns the path of ``report.md``."""
+    overwrite: bool = False,
+) -> DemoState:
+    """Run the study into ``out``; returns its :class:`DemoState`: ``ran``, or
+    ``finished`` when it was already done (nothing is recomputed), with the report.
+
+    Every input is checked before the first byte is written. A started demo of the same
+    version, sizes, data and model resumes; a folder holding anything else is refused
+    (:class:`FileExistsError`) unless ``overwrite`` (and it is a demo folder)."""
 
     demo = demo or DemoConfig()
     out = Path(out)
-    report = out / "run" / "report.md"
-    if (out / "run" / "results.json").exists():
-        raise FileExistsError(f"demo: {out} holds a finished demo; its report is {report}")
-    out.mkdir(parents=True, exist_ok=True)
+    if corpus is None and model != "tiny-random":
+        raise ValueError("demo: --model needs --corpus (the synthetic family uses tiny-random)")
+    folder, codes = (None, None) if corpus is None else _check_corpus(corpus, standard, varieties)
+    if model not in ("tiny-random", "gemma3-270m") and Path(model).exists():
+        model = str(Path(model).resolve())  # a local model given on the command line
+    identity = _identity(demo, folder, standard, codes, model)
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        if not _is_demo_folder(out):
+            raise FileExistsError(
+                f"demo: {out} holds no demo; --overwrite only replaces a demo folder"
+            )
+    state = DemoState("new", out / "run" / "report.md") if overwrite else demo_state(out, identity)
+    if state.status == "finished":
+        return state
+    if folder is not None:  # the real corpus and model: the run's own checks, before writing
+        from vardecouple.experiment import check_inputs
+
+        check_inputs(_parse(_config_text(folder.parent, folder.name, standard or "", codes or [],
+                                         model, demo, real=True), out))  # fmt: skip
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    from vardecouple.results import write_json_atomic
+
+    write_json_atomic(out / DEMO_FILE, identity)
     threads = torch.get_num_threads()
     if corpus is None or model == "tiny-random":
         # measured: a tiny model's LoRA step runs 2x faster on 1 thread than on 2 (the
         # matrices are too small to share); real models keep every thread
         torch.set_num_threads(1)
     try:
-        return _run(out, demo, corpus, standard, varieties, model, command, progress)
+        _run(out, demo, folder, standard, codes, model, command, progress)
     finally:
         torch.set_num_threads(threads)
+    return DemoState("ran", out / "run" / "report.md")
+
+
+def _check_corpus(
+    corpus: str | Path, standard: str | None, varieties: list[str] | None
+) -> tuple[Path, list[str]]:
+    """The corpus folder (absolute) and the varieties studied; one-line errors."""
+    from vardecouple.data import load_corpus
+
+    folder = Path(corpus).resolve()
+    if standard is None:
+        raise ValueError("demo: --corpus needs --standard CODE (the dominant variety)")
+    found = load_corpus(folder).varieties
+    if standard not in found:
+        raise ValueError(f"demo: standard {standard!r} not in {folder} ({', '.join(found)})")
+    missing = [v for v in varieties or [] if v not in found]
+    if missing:
+        raise ValueError(
+            f"demo: --varieties {', '.join(missing)} not in {folder} ({', '.join(found)})"
+        )
+    return folder, list(varieties or [c for c in found if c != standard])
+
+
+def _parse(text: str, out: Path) -> Any:
+    """The demo's config as ``load_config`` would read it from ``out/demo.toml``."""
+    import tempfile
+
+    from vardecouple.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo.toml"
+        path.write_text(text, encoding="utf-8")
+        return load_config(path, data_root=out.resolve())
 
 
 def _run(
     out: Path,
     demo: DemoConfig,
-    corpus: str | Path | None,
+    corpus: Path | None,
     standard: str | None,
     varieties: list[str] | None,
     model: str,
     command: str,
     progress: bool,
-) -> Path:
+) -> None:
+    from vardecouple.arms import write_text_atomic
     from vardecouple.config import load_config
     from vardecouple.experiment import run_experiment
 
     if corpus is None:
         folder, codes = _family_model(out, demo, progress)
-        spec, std = str((out / "model").resolve()), STANDARD_CODE
+        # the pre-trained model and the corpus live in the demo folder: both are written
+        # relative to demo.toml, so the folder can move
+        root, name = "data", folder.name
+        spec, std = "model", STANDARD_CODE
     else:
-        from vardecouple.data import load_corpus
-
-        folder = Path(corpus).resolve()
-        if standard is None:
-            raise ValueError("demo: --corpus needs --standard CODE (the dominant variety)")
-        found = load_corpus(folder).varieties
-        if standard not in found:
-            raise ValueError(f"demo: standard {standard!r} not in {folder} ({', '.join(found)})")
-        codes = varieties or [c for c in found if c != standard]
-        spec, std = model, standard
-    text = _config_text(folder, std, codes, spec, demo, real=corpus is not None)
+        root, name = str(corpus.parent), corpus.name
+        codes, spec, std = list(varieties or []), model, str(standard)
     path = out / "demo.toml"
-    path.write_text(text, encoding="utf-8")
+    text = _config_text(Path(root), name, std, codes, spec, demo, real=corpus is not None)
+    write_text_atomic(path, text)
     jobs = min(demo.jobs, os.cpu_count() or 1)
     run_experiment(load_config(path), out / "run", command=command, progress=progress, jobs=jobs)
-    return out / "run" / "report.md"

@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from vardecouple.arms import load_base, prepare_data, tokenized_features, train_arm
+from vardecouple.arms import (
+    check_fits,
+    load_base,
+    prepare_data,
+    tokenized_features,
+    train_arm,
+    write_text_atomic,
+)
 from vardecouple.config import ExperimentConfig
 from vardecouple.data import Splits
 from vardecouple.erase import erasing
@@ -112,35 +119,32 @@ def run_experiment(
     from vardecouple.metrics import signatures
 
     out = Path(out_dir)
-    resolved = config.model_dump(exclude={"source", "data_root"})
+    resolved = _resolved(config)
     done_file = out / "results.json"
-    if done_file.exists() and not overwrite:
+    if overwrite:
+        _check_overwrite(out)
+    elif run_state(config, out) == "finished":
         raise FileExistsError(
             f"run: {out} holds a finished run (arms {', '.join(config.arms)} done); "
             "choose another folder or pass --overwrite"
         )
+    started = time.perf_counter()
+    # every check that can fail on the user's input runs before the first byte is written
+    saved, prov_file = out / "config.json", out / "provenance.json"
+    fresh = overwrite or not prov_file.exists()
+    context = check_inputs(config, load=fresh)
+    context.out, context.progress = out, progress
     if overwrite and out.exists():
         shutil.rmtree(out)
-    saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(resolved)):
-        raise FileExistsError(
-            f"run: {out} holds a run of a different config; choose another folder"
-        )
-    _write_json_atomic(saved, resolved)
-    started = time.perf_counter()
-    _comet(config)  # a missing COMET checkpoint fails before any training
-    context = _context(config, out)
-    context.progress = progress
     splits, tests, ev = context.splits, context.tests, config.eval
-    (out / "splits.txt").write_text(splits.describe() + "\n", encoding="utf-8")
+    _write_json_atomic(saved, resolved)
+    write_text_atomic(out / "splits.txt", splits.describe() + "\n")
     kinds = direction_kinds(list(tests), config.data.standard, config.data.varieties)
-    prov_file = out / "provenance.json"
-    provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
-    if provenance is None:
-        context.base = load_base(config, splits)
-        _check_fits(config, context.base)  # before any arm: layers and ranks vs the model
+    if fresh:
         provenance = _provenance(context.base.source, command)
         _write_json_atomic(prov_file, provenance)
+    else:
+        provenance = json.loads(prov_file.read_text())
     runs: dict[str, dict[str, Any]] = {}
     for arm in _arm_order(config):
         settings = config.arm(arm)
@@ -156,8 +160,6 @@ def run_experiment(
             runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
     context.base = None
     probe = _probe(config, context, out) if config.probe is not None else None
-    if provenance is None:
-        provenance = _provenance(str(config.model.spec), command)
     provenance = provenance | {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
@@ -190,6 +192,68 @@ def run_experiment(
 
     write_report(out, command=command)
     return done_file
+
+
+def _resolved(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as a run folder records it (``config.json``): JSON values only."""
+    return json.loads(json.dumps(config.model_dump(exclude={"source", "data_root"})))
+
+
+def run_state(config: ExperimentConfig, out_dir: str | Path) -> str:
+    """``new``, ``partial`` (a started run of this config: it resumes) or ``finished``.
+
+    A folder holding a run of another config or another vardecouple version, or files
+    that are no run, raises :class:`FileExistsError` (one line naming what to do)."""
+    from vardecouple import __version__
+
+    out = Path(out_dir)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "new"
+    if not out.is_dir():
+        raise FileExistsError(f"run: --out {out} is a file; choose a folder")
+    saved, prov = out / "config.json", out / "provenance.json"
+    if not saved.is_file():
+        raise FileExistsError(
+            f"run: {out} is not empty and holds no run (no config.json); choose another --out"
+        )
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if before != _resolved(config):
+        raise FileExistsError(
+            f"run: {out} holds a run of a different config ({saved} differs); pass "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if prov.is_file():
+        version = json.loads(prov.read_text(encoding="utf-8")).get("vardecouple")
+        if version != __version__:
+            raise FileExistsError(
+                f"run: {out} holds a run of vardecouple {version} (this is {__version__}); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+    return "finished" if (out / "results.json").is_file() else "partial"
+
+
+def _check_overwrite(out: Path) -> None:
+    """``--overwrite`` deletes a run folder, and nothing else."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(
+            f"run: {out} holds no run (no config.json); --overwrite only replaces a run folder"
+        )
+
+
+def check_inputs(config: ExperimentConfig, *, load: bool = True) -> _Context:
+    """Every check of a run that can fail on user input, before anything is written:
+    the corpora and splits, the COMET checkpoint and package, and (``load``) the model,
+    its layers and ranks. Returns the run's shared context (splits, test sets, variety
+    identifier; the loaded base model when ``load``)."""
+    _comet(config, check_package=True)
+    context = _context(config, Path())
+    if load:
+        context.base = load_base(config, context.splits)
+        check_fits(config, context.base)
+    return context
 
 
 def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
@@ -245,31 +309,22 @@ def _probe(config: ExperimentConfig, ctx: _Context, out: Path) -> Path:
     )
 
 
-def _check_fits(config: ExperimentConfig, loaded: Any) -> None:
-    """Every arm's layers lie in the model and its ranks fit the hidden size (one line)."""
-    n, d = loaded.num_layers, loaded.hidden_size
-    for arm in config.arms:
-        s = config.arm(arm)
-        if s.kind not in ("train", "erase"):
-            continue
-        where = f"config {config.source}: arms.{arm}"
-        bad = [i for i in (s.layers or []) if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"{where}: layers {bad} out of range; {config.model.spec} "
-                             f"has layers 0..{n - 1}")  # fmt: skip
-        for key in ("rank", "reference_rank"):
-            if getattr(s, key) > d:
-                raise ValueError(f"{where}: {key} {getattr(s, key)} exceeds the hidden size "
-                                 f"{d} of {config.model.spec}")  # fmt: skip
-
-
-def _comet(config: ExperimentConfig) -> Path | None:
-    """The COMET checkpoint of ``eval.comet``, relative to the config's folder; checked."""
+def _comet(config: ExperimentConfig, check_package: bool = False) -> Path | None:
+    """The COMET checkpoint of ``eval.comet``, relative to the config's folder; checked
+    (and, with ``check_package``, that the COMET package is installed)."""
     if config.eval.comet is None:
         return None
     path = (Path(config.data_root) / config.eval.comet).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"config {config.source}: eval.comet: no checkpoint file {path}")
+    if check_package:
+        import importlib.util
+
+        if importlib.util.find_spec("comet") is None:
+            raise ValueError(
+                f"config {config.source}: eval.comet is set but the COMET package is "
+                "missing: pip install 'vardecouple[comet]'"
+            )
     return path
 
 
@@ -475,6 +530,7 @@ def evaluate_one(
     out = Path(out_dir)
     if (out / "scores.json").exists():
         raise FileExistsError(f"eval: {out / 'scores.json'} exists; choose another folder")
+    _comet(config, check_package=True)  # before any decoding
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"eval: adapter {adapter}: no adapter_config.json (a peft folder)")
     if model is not None:
@@ -526,7 +582,7 @@ def evaluate_one(
     )
     scores = {
         "model": config.model.spec,
-        "adapter": str(adapter) if adapter else None,
+        "adapter": str(Path(adapter).resolve()) if adapter else None,
         "erasure": erasure_info,
         "metrics": metrics,
         "signatures": signatures(),
