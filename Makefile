@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # The whole study on a built-in synthetic language family and a tiny model pre-trained
-# on it: no network, about 10 minutes on 2 CPU cores. A finished DEMO_OUT is kept.
+# on it: no network, about 10 minutes on 2 CPU cores. A finished demo is kept (a second
+# `make demo` says so); a demo of another version is refused until
+# `make demo DEMO_ARGS=--overwrite`.
 DEMO_OUT ?= demo-run
+DEMO_ARGS ?=
 demo: install
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/vardecouple demo --out $(DEMO_OUT)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/vardecouple demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 # Everything, the `slow` real-model tests included (they are the proof).
 # OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads otherwise spin-wait, which slows

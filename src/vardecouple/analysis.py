@@ -1,4 +1,4 @@
-r"""The measurements of DESIGN §3 on state matrices: geometry and codelengths.
+r"""Measurements of varieties on state matrices: geometry and codelengths.
 
 Every function takes state matrices (``torch.Tensor`` or ``numpy.ndarray``; rows =
 sentences, columns = hidden dimensions) and computes in fp64. For *parallel* matrices
@@ -25,7 +25,7 @@ normalised, invariant to orthogonal maps and isotropic scaling of either side. T
 
 Codelengths of labels ``y ∈ {1..K}`` given features (bits), each with
 ``compression = N·H(p̂) / codelength`` where ``p̂`` is the empirical label distribution:
-a probe that learns only the class frequencies scores 1 (DESIGN §3).
+a probe that learns only the class frequencies scores 1.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def subspace_angles(x: Matrix, y: Matrix, rank: int) -> AngleSummary:
 
 
 def overlap(y: Matrix, basis: Subspace | Matrix, center: Matrix | None = None) -> float:
-    """DESIGN §3's overlap ``Σ_i ‖Uᵀ(y_i − c)‖² / Σ_i ‖y_i − c‖²`` (ratio of sums, in [0, 1]).
+    """The overlap ``Σ_i ‖Uᵀ(y_i − c)‖² / Σ_i ‖y_i − c‖²`` (ratio of sums, in [0, 1]).
 
     ``basis`` is a :class:`Subspace` (its centre is used unless ``center`` is given) or a
     ``(d, k)`` orthonormal basis; ``center`` defaults to zero. Delegates to

@@ -97,6 +97,7 @@ def train_arm(
 
     # every check that can fail on user input runs before the first byte is written
     decoupler_config = config.decoupler_config(arm, seed=seed, match_penalty=match_penalty)
+    splits = splits or prepare_data(config)  # the corpora's checks before the folder's
     out = Path(out_dir)
     if (out / "train_summary.json").exists():  # before any loading
         raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
@@ -117,7 +118,6 @@ def train_arm(
     from accelerate import PartialState
 
     processes = PartialState(cpu=not torch.cuda.is_available())
-    splits = splits or prepare_data(config)
     loaded = load_base(config, splits)
     check_fits(config, loaded, [arm])
     lora = config.lora
@@ -184,14 +184,18 @@ def check_fits(config: ExperimentConfig, loaded: Any, arms: list[str] | None = N
         s = config.arm(arm)
         if s.kind not in ("train", "erase"):
             continue
-        where = f"config {config.source}: arms.{arm}"
+
+        def key(name: str, arm: str = arm) -> str:  # as the file has it: the arm's or [decoupler]'s
+            own = name in config.arms[arm]
+            return f"config {config.source}: '{'arms.' + arm if own else 'decoupler'}.{name}'"
+
         bad = [i for i in (s.layers or []) if not 0 <= i < n]
         if bad:
-            raise ValueError(f"{where}: layers {bad} out of range; {config.model.spec} "
+            raise ValueError(f"{key('layers')}: {bad} out of range; {config.model.spec} "
                              f"has layers 0..{n - 1}")  # fmt: skip
-        for key in ("rank", "reference_rank"):
-            if getattr(s, key) > d:
-                raise ValueError(f"{where}: {key} {getattr(s, key)} exceeds the hidden size "
+        for name in ("rank", "reference_rank"):
+            if getattr(s, name) > d:
+                raise ValueError(f"{key(name)}: {getattr(s, name)} exceeds the hidden size "
                                  f"{d} of {config.model.spec}")  # fmt: skip
 
 

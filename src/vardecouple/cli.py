@@ -120,7 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     from vardecouple.experiment import run_experiment, run_state
 
     config = load_config(args.config, data_root=args.data_root)
-    if not args.overwrite and run_state(config, args.out) == "finished":
+    try:
+        state = run_state(config, args.out)
+    except FileExistsError:
+        state = "other"  # run_experiment checks the inputs first, then says so
+    if not args.overwrite and state == "finished":
         done = Path(args.out) / "results.json"
         print(f"run: {args.out} is already finished (same config); nothing to do.\n"
               f"results: {done}\nreport:  {done.parent / 'report.md'}")  # fmt: skip

@@ -24,8 +24,9 @@ with the per-token term ``φ`` one of
 (0 = standard, 1..m = the other varieties), never training targets — through the
 current model without gradients, and updates one estimator per layer (warm start or
 discounted statistics, never a refit). Step 0 also fits the frozen *reference*
-subspace ``U₀`` (the same reference estimator for every arm), the common yardstick of
-DESIGN §3. A quarter of the probe sentences (``measure_fraction``) is never fitted on:
+subspace ``U₀`` (the same reference estimator for every arm), the common yardstick
+across arms (``docs/method.md``). A quarter of the probe sentences
+(``measure_fraction``) is never fitted on:
 it measures, per layer and variety, the overlap
 ``Σ‖Uᵀ(h−c)‖² / Σ‖h−c‖²`` with the current ``U`` ("own") and with ``U₀`` ("reference").
 Every arm runs the refreshes; arms without a penalty (``penalize=False``) only log.

@@ -73,7 +73,8 @@ class Moments:
         return Moments(weight * a.counts + b.counts, weight * a.sums + b.sums, outer)
 
     def class_balanced_mean(self) -> Tensor:
-        """Mean of the class means over the classes present (DESIGN §3's centre ``c``)."""
+        """Mean of the class means over the classes present: the centre ``c`` of the
+        overlap and of the discriminative estimators (``docs/method.md``)."""
         present = self.counts > 0
         return (self.sums[present] / self.counts[present, None]).mean(0)
 

@@ -1,12 +1,16 @@
 """Evaluation: decode the test split per direction, score it, and check the variety.
 
-For each direction ``src->tgt`` the hypotheses are written to
-``hypotheses/<src>-><tgt>.txt`` (one per line, in test order) beside the scores, so
-anyone can re-score them. Scores are sacrebleu's chrF++ (``word_order=2``) and BLEU
-with their signatures (:mod:`vardecouple.metrics`), a seeded bootstrap 95% interval of
-chrF++, and the share of hypotheses that a character n-gram variety identifier,
-trained on the training side of the corpus, recognises as the target variety (and as
-the standard): between close varieties chrF++ alone rewards copying the source.
+For each direction ``src->tgt`` three files are written beside the scores, one
+sentence per line, in the same (test) order: ``sources/<src>-><tgt>.txt``,
+``references/<src>-><tgt>.txt`` and ``hypotheses/<src>-><tgt>.txt``. They are exactly
+what was scored, so anyone can re-score them, e.g.
+``sacrebleu references/D.txt -i hypotheses/D.txt -m chrf --chrf-word-order 2 -b``
+prints the chrF++ of the scores file. Scores are sacrebleu's chrF++ (``word_order=2``)
+and BLEU with their signatures (:mod:`vardecouple.metrics`), a seeded bootstrap 95%
+interval of chrF++, and the share of hypotheses that a character n-gram variety
+identifier, trained on the training side of the corpus, recognises as the target
+variety (and as the standard): between close varieties chrF++ alone rewards copying
+the source.
 """
 
 from __future__ import annotations
@@ -27,18 +31,24 @@ __all__ = [
     "direction_kinds",
     "evaluate_model",
     "read_lines",
+    "require_comet",
     "score_hypotheses",
     "test_sets",
     "train_identifier",
     "write_lines_atomic",
+    "write_test_files",
 ]
 
 
 def write_lines_atomic(path: Path, lines: Sequence[str]) -> None:
-    """One line per item (newlines inside an item become spaces); temp file, fsync, rename."""
+    """One line per item (newlines inside an item become spaces); temp file, fsync, rename.
+
+    UTF-8, lines end with ``\\n`` only (no platform translation): the files read back
+    line for line by :func:`read_lines` and by ``sacrebleu``'s command line.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
         handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
         handle.flush()
         os.fsync(handle.fileno())
@@ -46,10 +56,22 @@ def write_lines_atomic(path: Path, lines: Sequence[str]) -> None:
 
 
 def read_lines(path: Path, expected: int | None = None) -> list[str]:
-    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    """The lines of a :func:`write_lines_atomic` file (split on ``\\n`` only, as sacrebleu
+    reads them); ``ValueError`` unless there are ``expected`` of them."""
+    with open(path, encoding="utf-8", newline="\n") as handle:
+        lines = handle.read().split("\n")[:-1]
     if expected is not None and len(lines) != expected:
-        raise ValueError(f"hypotheses {path}: {len(lines)} lines, expected {expected}")
+        raise ValueError(f"{path}: {len(lines)} lines, expected {expected}")
     return lines
+
+
+def write_test_files(out_dir: Path, direction: str, rows: Sequence[Example]) -> None:
+    """``sources/<direction>.txt`` and ``references/<direction>.txt`` under ``out_dir``:
+    the test rows in the order of ``hypotheses/<direction>.txt``, so that the scores can
+    be recomputed from the files alone."""
+    out = Path(out_dir)
+    write_lines_atomic(out / "sources" / f"{direction}.txt", [ex.src_text for ex in rows])
+    write_lines_atomic(out / "references" / f"{direction}.txt", [ex.tgt_text for ex in rows])
 
 
 def test_sets(splits: Splits, max_examples: int | None = None) -> dict[str, list[Example]]:
@@ -98,19 +120,35 @@ def train_identifier(
     return identifier, info
 
 
-def comet_score(
-    checkpoint: str | Path, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]
-) -> float:
-    """System COMET score with a local checkpoint (``unbabel-comet``; never downloads)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"eval.comet: {path} is not a COMET checkpoint file (*.ckpt)")
+def require_comet() -> Any:
+    """COMET's ``load_from_checkpoint``, or a one-line ``ValueError`` when it is missing.
+
+    Not tested here: ``unbabel-comet`` (2.2.7, its latest release) requires
+    ``transformers<5`` and ``numpy<2``, this package ``transformers>=5``, so pip cannot
+    install both in one environment.
+    """
     try:
         from comet import load_from_checkpoint
     except ImportError:
         raise ValueError(
-            "eval.comet is set but the COMET package is missing: pip install unbabel-comet"
+            "eval.comet is set but the COMET package (unbabel-comet) is not installed; it "
+            "requires transformers<5, which this package cannot use: run comet-score on the "
+            "written sources/, hypotheses/ and references/ files in an environment of its own"
         ) from None
+    return load_from_checkpoint
+
+
+def comet_score(
+    checkpoint: str | Path, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]
+) -> float:
+    """System COMET score with a local checkpoint (``unbabel-comet``; never downloads).
+
+    Untested (see :func:`require_comet`).
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.comet: {path} is not a COMET checkpoint file (*.ckpt)")
+    load_from_checkpoint = require_comet()
     model = load_from_checkpoint(str(path))
     data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
     return float(model.predict(data, batch_size=8, gpus=0, progress_bar=False).system_score)
@@ -160,14 +198,16 @@ def evaluate_model(
     decode_config: DecodeConfig | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, list[str]], float]:
-    """Decode every direction; hypotheses files under ``out_dir/hypotheses``.
+    """Decode every direction into ``out_dir/hypotheses/<direction>.txt``, with the
+    sources and references beside it (:func:`write_test_files`).
 
-    A direction whose file already holds the right number of lines is read back, not
-    decoded again (resume after a crash). Returns ``(hypotheses, seconds)``.
+    A direction whose hypotheses file already holds the right number of lines is read
+    back, not decoded again (resume after a crash). Returns ``(hypotheses, seconds)``.
     """
     start = time.perf_counter()
     hyps: dict[str, list[str]] = {}
     for direction, rows in tests.items():
+        write_test_files(Path(out_dir), direction, rows)
         path = Path(out_dir) / "hypotheses" / f"{direction}.txt"
         if path.exists():
             try:

@@ -121,6 +121,10 @@ def run_experiment(
     out = Path(out_dir)
     resolved = _resolved(config)
     done_file = out / "results.json"
+    started = time.perf_counter()
+    # every check that can fail on the user's input runs before the first byte is written,
+    # and before the folder's state is looked at (a typo is reported as a typo)
+    context = check_inputs(config)
     if overwrite:
         _check_overwrite(out)
     elif run_state(config, out) == "finished":
@@ -128,11 +132,8 @@ def run_experiment(
             f"run: {out} holds a finished run (arms {', '.join(config.arms)} done); "
             "choose another folder or pass --overwrite"
         )
-    started = time.perf_counter()
-    # every check that can fail on the user's input runs before the first byte is written
     saved, prov_file = out / "config.json", out / "provenance.json"
     fresh = overwrite or not prov_file.exists()
-    context = check_inputs(config, load=fresh)
     context.out, context.progress = out, progress
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -318,13 +319,9 @@ def _comet(config: ExperimentConfig, check_package: bool = False) -> Path | None
     if not path.is_file():
         raise FileNotFoundError(f"config {config.source}: eval.comet: no checkpoint file {path}")
     if check_package:
-        import importlib.util
+        from vardecouple.evaluate import require_comet
 
-        if importlib.util.find_spec("comet") is None:
-            raise ValueError(
-                f"config {config.source}: eval.comet is set but the COMET package is "
-                "missing: pip install 'vardecouple[comet]'"
-            )
+        require_comet()
     return path
 
 
@@ -402,7 +399,12 @@ def _parallel(config: ExperimentConfig, out: Path, arm: str, seeds: list[int], j
 
 def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
     """Train (or not) and evaluate one arm with one seed; writes its ``eval.json``."""
-    from vardecouple.evaluate import evaluate_model, score_hypotheses, write_lines_atomic
+    from vardecouple.evaluate import (
+        evaluate_model,
+        score_hypotheses,
+        write_lines_atomic,
+        write_test_files,
+    )
 
     config, out, splits, tests = ctx.config, ctx.out, ctx.splits, ctx.tests
     settings, ev = config.arm(arm), config.eval
@@ -412,6 +414,7 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
     if settings.kind == "copy":
         hyps = {d: [ex.src_text for ex in rows] for d, rows in tests.items()}
         for d, lines in hyps.items():
+            write_test_files(run_dir, d, tests[d])
             write_lines_atomic(run_dir / "hypotheses" / f"{d}.txt", lines)
         eval_seconds = 0.0
     else:
@@ -528,9 +531,7 @@ def evaluate_one(
     from vardecouple.metrics import signatures
 
     out = Path(out_dir)
-    if (out / "scores.json").exists():
-        raise FileExistsError(f"eval: {out / 'scores.json'} exists; choose another folder")
-    _comet(config, check_package=True)  # before any decoding
+    _comet(config, check_package=True)  # every input check before any decoding
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"eval: adapter {adapter}: no adapter_config.json (a peft folder)")
     if model is not None:
@@ -546,6 +547,16 @@ def evaluate_one(
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, str(adapter))
+    if erase is not None:
+        bad = [i for i in erase.layers or () if not 0 <= i < loaded.num_layers]
+        if bad:
+            raise ValueError(f"eval: --erase-layers {bad} out of range; {config.model.spec} "
+                             f"has layers 0..{loaded.num_layers - 1}")  # fmt: skip
+        if erase.rank > loaded.hidden_size:
+            raise ValueError(f"eval: --erase-rank {erase.rank} exceeds the hidden size "
+                             f"{loaded.hidden_size}")  # fmt: skip
+    if (out / "scores.json").exists():  # after the input checks: a typo is reported first
+        raise FileExistsError(f"eval: {out / 'scores.json'} exists; choose another folder")
     ev = config.eval
     erasure, erasure_info = None, None
     if erase is not None:

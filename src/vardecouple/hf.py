@@ -14,6 +14,10 @@ refreshes on the Trainer's step counter (step 0 included), and wraps the trainer
 during the Trainer's own forward pass and ``λ·L_dec`` is added to its loss. Tokens:
 the attention mask (first position out) and, for ``tokens="target"``, ``labels != -100``;
 a batch column ``low_resource`` (one bool per example) is used and removed if present.
+
+Tested with ``transformers.Trainer`` (``tests/test_hf.py``). TRL's ``SFTTrainer``
+subclasses ``Trainer`` and should take the same two lines, but it is **untested**: TRL
+is not a dependency and is not installed where the tests run.
 """
 
 from __future__ import annotations

@@ -256,8 +256,15 @@ def load_model(
         if spec.startswith((".", "/", "~")) or (os.sep in spec and spec.count("/") > 1):
             raise ValueError(f"model {spec!r}: no such file or directory")
         source = Path(spec)
-        model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        except OSError as exc:  # not in the local cache and no hub to ask: one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"model {spec!r}: not a local path, and the hub id could not be loaded "
+                f"({first})"
+            ) from None
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,4 +1,4 @@
-r"""``vardecouple probe``: DESIGN §3's measurements of a model's varieties, layer by layer.
+r"""``vardecouple probe``: geometry and codelengths of a model's varieties, layer by layer.
 
 Data: a line-aligned corpus (row ``i`` is the same sentence in every variety), its first
 ``max_rows`` rows having every selected variety (``n`` rows). ``X`` holds the standard's
@@ -17,10 +17,11 @@ CKA of ``X`` and ``Y`` (in [0, 1]); ``angle_mean`` / ``angle_largest`` = the mea
 largest principal angle (degrees, in [0, 90]) between the top-``rank`` PCA subspaces of
 ``X`` and of ``Y`` (each centred on its own mean); ``overlap`` =
 Σ_i ‖Uᵀ(y_i − c)‖² / Σ_i ‖y_i − c‖² (in [0, 1]) with ``U`` the top-``rank`` PCA basis of
-``X`` and ``c`` = **the standard's mean** x̄ (not DESIGN §3's class-balanced mean: the
-share of V's spread around the standard's centre that lies in the standard's main
-directions); ``online_codelength`` / ``variational_codelength`` = the codes (bits) of the
-binary labels standard (0) vs ``V`` (1) given the ``2n`` sentence states
+``X`` and ``c`` = **the standard's mean** x̄ (not the class-balanced mean of the
+training-time overlap in ``docs/method.md``: the share of V's spread around the
+standard's centre that lies in the standard's main directions); ``online_codelength`` /
+``variational_codelength`` = the codes (bits) of the binary labels standard (0) vs ``V``
+(1) given the ``2n`` sentence states
 (:func:`~vardecouple.analysis.online_codelength`: Voita & Titov blocks, each block coded
 by a probe trained only on the rows before it;
 :func:`~vardecouple.analysis.variational_codelength`), each with ``*_compression`` =
@@ -48,7 +49,8 @@ from typing import Any
 import matplotlib
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from vardecouple.progress import progress as progress_bar
 
 matplotlib.use("Agg")  # headless; the Figure API keeps no global pyplot state
 from matplotlib.figure import Figure
@@ -134,7 +136,10 @@ def load_rows(
             raise ValueError(f"corpus {data.source}: no variety {code!r}; found: {found}")
     codes = list(dict.fromkeys([standard, *chosen]))
     if len(codes) < 2:
-        raise ValueError(f"probe: need a variety other than the standard {standard!r}")
+        raise ValueError(
+            f"corpus {data.source}: need a variety other than the standard {standard!r}; "
+            f"found: {found}"
+        )
     rows = [r for r in data.rows if all(c in r for c in codes)][:max_rows]
     return codes, {c: [r[c] for r in rows] for c in codes}
 
@@ -189,7 +194,7 @@ def sentence_states(
     device = next(model.parameters()).device
     body, bos = _decoder_body(model), tokenizer.bos_token_id
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    bar = tqdm(total=math.ceil(len(order) / batch_size), desc=desc, unit="batch",
+    bar = progress_bar(total=math.ceil(len(order) / batch_size), desc=desc, unit="batch",
                disable=not progress, leave=False)  # fmt: skip
     try:
         for start in range(0, len(order), batch_size):
@@ -285,8 +290,6 @@ def run_probe(
     """
     t0 = time.perf_counter()
     target = Path(out) / "probe.json"
-    if target.exists():
-        raise FileExistsError(f"probe: {target} exists; choose another --out or remove it")
     for a in adapters:
         if not (Path(a) / "adapter_config.json").is_file():
             raise ValueError(f"adapter {a}: no adapter_config.json (expected a peft folder)")
@@ -305,13 +308,18 @@ def run_probe(
     runs = [("base", None), *zip(names, unique, strict=True)]
     results: dict[str, Any] = {}
     timing: dict[str, dict[str, float]] = {}
-    chosen: list[int] = []
-    for label, adapter in runs:
-        loaded = loader() if loader is not None else load_model(
+    def load() -> Any:
+        return loader() if loader is not None else load_model(
             model, corpus_texts=texts if model == "tiny-random" else None)  # fmt: skip
-        chosen = parse_layers(layers, loaded.num_layers, model)
-        if rank > loaded.hidden_size:
-            raise ValueError(f"probe: rank {rank} exceeds the hidden size {loaded.hidden_size}")
+
+    first = load()  # the model's checks (spec, layers, rank) before the folder's state
+    chosen = parse_layers(layers, first.num_layers, model)
+    if rank > first.hidden_size:
+        raise ValueError(f"probe: rank {rank} exceeds the hidden size {first.hidden_size}")
+    if target.exists():
+        raise FileExistsError(f"probe: {target} exists; choose another --out or remove it")
+    for label, adapter in runs:
+        loaded, first = first or load(), None
         net = loaded.model
         if adapter is not None:
             from peft import PeftModel
@@ -323,14 +331,15 @@ def run_probe(
         states = sentence_states(net, loaded.tokenizer, texts, chosen, batch_size=batch_size,
                                  max_length=max_length, progress=progress, desc=label)  # fmt: skip
         t_metrics = time.perf_counter()
-        bar = tqdm(chosen, desc=f"{label} metrics", unit="layer", disable=not progress, leave=False)
+        bar = progress_bar(chosen, desc=f"{label} metrics", unit="layer", disable=not progress,
+                           leave=False)  # fmt: skip
         results[label] = {str(la): _layer_entry(list(states[la].split(n)), codes, rank, seed)
                           for la in bar}  # fmt: skip
         timing[label] = {"states": round(t_metrics - t_states, 3),
                          "metrics": round(time.perf_counter() - t_metrics, 3)}  # fmt: skip
     data = {
         "schema": SCHEMA,
-        "model": model,
+        "model": str(Path(model).resolve()) if Path(model).exists() else model,
         "adapters": {label: path for label, path in runs[1:]},
         "corpus": str(Path(corpus).resolve()),
         "standard": standard,

@@ -500,8 +500,10 @@ def _significance(run: _Run) -> list[str]:
 
 def _overlap(run: _Run) -> list[str]:
     out = [
-        "Overlap = share of a variety's probe-state variance inside the frozen reference "
-        "subspace U₀ estimated on the base model (DESIGN §3); varieties averaged, then seeds. "
+        "Overlap = Σ‖U₀ᵀ(h−c)‖² / Σ‖h−c‖² over a variety's held-out probe token states h: "
+        "the share of their energy around the centre c inside the frozen reference subspace "
+        "U₀ fitted on the base model (vardecouple's docs/method.md); varieties averaged, "
+        "then seeds. "
         "Before = initial (step 0), after = final.",
         "",
         "![overlap by step](plots/overlap_by_step.png)",

@@ -1,5 +1,5 @@
-"""The results contract (DESIGN §4): ``results.json``, its schema, provenance and the
-numbers derived from the per-run metrics.
+"""The results contract (``docs/results-contract.md``): ``results.json``, its schema,
+provenance and the numbers derived from the per-run metrics.
 
 - :func:`validate_results` checks a results dict against the JSON Schema shipped in
   ``schemas/results.schema.json`` (``schema_version`` 1).
