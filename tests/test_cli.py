@@ -75,3 +75,32 @@ def test_eval_writes_hypotheses_and_scores_and_never_overwrites(tmp_path, mini_c
     assert (tmp_path / "ev" / "scores.json").read_bytes() == before
     bad = _run(*args[:-1], str(tmp_path / "ev2"), "--adapter", str(tmp_path))
     assert bad.returncode == 2 and "adapter_config.json" in bad.stderr
+
+
+def test_train_again_says_finished_and_another_config_is_refused(
+    tmp_path, mini_config, capsys
+) -> None:
+    """A finished training folder of the same config, arm and seed: exit 0, "already
+    finished", nothing touched; of another config or arm (even with --resume): exit 2."""
+    cfg = tmp_path / "mini.toml"
+    cfg.write_text(mini_config)
+    out = tmp_path / "tr"
+    assert main(["train", str(cfg), "--arm", "decoupled", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert main(["train", str(cfg), "--arm", "decoupled", "--out", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    other = tmp_path / "other.toml"
+    other.write_text(mini_config.replace("steps = 4", "steps = 6"))
+    for args in (["train", str(other), "--arm", "decoupled", "--out", str(out), "--resume"],
+                 ["train", str(cfg), "--arm", "standard", "--out", str(out)]):  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "different config, arm or seed" in err, err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    # the same command, moved elsewhere, still names the same run (where a config lies
+    # does not change it)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "mini.toml").write_text(mini_config)
+    assert main(["train", str(moved / "mini.toml"), "--arm", "decoupled", "--out", str(out)]) == 0

@@ -25,6 +25,7 @@ __all__ = [
     "prepare_data",
     "tokenized_features",
     "train_arm",
+    "train_state",
     "write_text_atomic",
 ]
 
@@ -99,20 +100,13 @@ def train_arm(
     decoupler_config = config.decoupler_config(arm, seed=seed, match_penalty=match_penalty)
     splits = splits or prepare_data(config)  # the corpora's checks before the folder's
     out = Path(out_dir)
+    train_state(config, arm, seed, out)  # a run of another config, arm or seed: refused
     if (out / "train_summary.json").exists():  # before any loading
         raise FileExistsError(f"train: {out} holds a finished run; choose another output folder")
     if not resume and (out / "train_log.jsonl").exists():
         raise FileExistsError(f"train: {out} holds a started run; pass --resume to continue it")
     resolved = _recorded(config, arm, seed)
     saved = out / "config.json"
-    if resume and saved.is_file():
-        before = json.loads(saved.read_text(encoding="utf-8"))
-        keep = {k: v for k, v in before.items() if k not in ("source", "data_root")}
-        if keep != {k: v for k, v in resolved.items() if k not in ("source", "data_root")}:
-            raise FileExistsError(
-                f"train: {out} holds a run of a different config or arm ({saved} differs); "
-                "choose another --out"
-            )
     # under torchrun / accelerate launch: join the process group before the decoupler
     # is built (it shards its probe rows); only the main process writes files
     from accelerate import PartialState
@@ -161,6 +155,29 @@ def train_arm(
         os.replace(tmp, out / "adapter")
     processes.wait_for_everyone()
     return summary, loaded
+
+
+def train_state(config: ExperimentConfig, arm: str, seed: int, out_dir: str | Path) -> str:
+    """``new``, ``partial`` or ``finished`` for this config, arm and seed in ``out_dir``;
+    a training folder of another config, arm or seed raises :class:`FileExistsError`."""
+    out = Path(out_dir)
+    saved = out / "config.json"
+    if not saved.is_file():
+        return "new"
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        before = {}
+    ignore = ("source", "data_root")  # where the config lies does not change the run
+    now = _recorded(config, arm, seed)
+    if {k: v for k, v in before.items() if k not in ignore} != {
+        k: v for k, v in now.items() if k not in ignore
+    }:
+        raise FileExistsError(
+            f"train: {out} holds a run of a different config, arm or seed ({saved} differs); "
+            "choose another --out"
+        )
+    return "finished" if (out / "train_summary.json").is_file() else "partial"
 
 
 def _recorded(config: ExperimentConfig, arm: str, seed: int) -> dict[str, Any]:

@@ -97,6 +97,16 @@ def _train(args: argparse.Namespace) -> int:
             f"train: arm {args.arm!r} is not a plain trained arm (kind or match_penalty_of);"
             " `vardecouple run` trains it"
         )
+    from vardecouple.arms import train_state
+
+    try:
+        state = train_state(config, args.arm, seed, args.out)
+    except FileExistsError:
+        state = "other"  # train_arm checks the inputs first, then says so
+    if state == "finished":
+        print(f"train: {args.out} is already finished (same config, arm and seed); nothing "
+              "to do.")  # fmt: skip
+        return 0
     summary, _ = train_arm(config, args.arm, args.out, seed=seed, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # several processes: the main one reports
         return 0
