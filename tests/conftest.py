@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,32 @@ def no_warnings():
         yield
 
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+def corpora_root() -> Path:
+    """Where every test finds the shared corpora (read in place, never copied here):
+    ``$VARDECOUPLE_CORPORA``, else ``shared/corpora`` beside the clone (``../shared/corpora``)."""
+    given = os.environ.get("VARDECOUPLE_CORPORA")
+    if given:
+        return Path(given).resolve()
+    return Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+CORPORA = corpora_root()
+
+
+@pytest.fixture(scope="session")
+def corpora() -> Path:
+    """:data:`CORPORA`, or the test fails with one line naming the variable (never skips).
+
+    Session-scoped, so it runs before any module fixture that reads the corpora: a module
+    that reads them says ``pytestmark = pytest.mark.usefixtures("corpora")``, a single
+    test takes ``corpora`` as an argument."""
+    if not CORPORA.is_dir():
+        pytest.fail(
+            f"shared corpora not found at {CORPORA}: set VARDECOUPLE_CORPORA to the folder",
+            pytrace=False,
+        )
+    return CORPORA
+
 
 #: A miniature experiment: tiny-random, German–Low German, copy/base/train arms, 2 seeds.
 MINI_CORE = f"""

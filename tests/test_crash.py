@@ -1,8 +1,9 @@
 """`vardecouple train` killed with SIGKILL and resumed ends exactly where an
 uninterrupted run ends: adapter weights, logged metrics (overlaps, i.e. the subspaces)
-and summary bit-identical on CPU. Kill points: a random step after the first checkpoint
-(from outside), during a probe refresh, while checkpoint files are written, and between
-the two renames that swap a checkpoint in."""
+and summary bit-identical on CPU, resumed from the last complete checkpoint. Kill points:
+two steps after the first checkpoint drawn with a seeded RNG (from outside), during a probe
+refresh, while checkpoint files are written, and between the two renames that swap a
+checkpoint in."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ import torch
 
 from conftest import MINI_CORE
 
+pytestmark = pytest.mark.usefixtures("corpora")
 EXE = str(Path(sys.executable).with_name("vardecouple"))
+STEPS, EVERY = 14, 4  # training steps; a checkpoint every 4 steps (for steps 4, 8, 12)
 CONFIG = (
-    MINI_CORE.replace("steps = 4", "steps = 14")
-    .replace("checkpoint_every = 2", "checkpoint_every = 4")
+    MINI_CORE.replace("steps = 4", f"steps = {STEPS}")
+    .replace("checkpoint_every = 2", f"checkpoint_every = {EVERY}")
     .replace("refresh_every = 2", "refresh_every = 3")
     .replace("seeds = [0, 1]", "seeds = [0]")
 )
@@ -61,33 +64,82 @@ def whole(tmp_path_factory) -> tuple[Path, Path]:
     return cfg, folder / "whole"
 
 
-def _kill_after_step(proc: subprocess.Popen, log: Path, step: int) -> None:
+def _last_step(log: Path) -> int:
+    """The last training step the log records as done (-1 before the first)."""
+    last = -1
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line being written
+            continue
+        if "loss" in record:
+            last = max(last, record["step"])
+    return last
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGSTOP ``proc`` and wait until it is stopped (so its log no longer moves)."""
+    proc.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{proc.pid}/stat")
+    while proc.poll() is None and stat.read_text().rpartition(")")[2].split()[0] not in "Tt":
+        time.sleep(0.001)
+
+
+def _kill_after_step(proc: subprocess.Popen, log: Path, step: int) -> int:
+    """SIGKILL from outside once ``step`` is done; returns the last step done at the kill.
+
+    The run is frozen (SIGSTOP) before it is killed, so the steps it finished are known
+    exactly. When the next step would be a checkpoint's (the run may be writing it),
+    the run goes on to finish one more step first, so the last complete checkpoint is
+    known too: the one of step ``EVERY · ⌊(last + 1) / EVERY⌋``."""
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and any(
-            json.loads(x).get("step", -1) >= step and "loss" in json.loads(x)
-            for x in log.read_text().splitlines()
-            if x.strip().endswith("}")
-        ):
-            proc.send_signal(signal.SIGKILL)
-            break
+    while time.monotonic() < deadline and proc.poll() is None and _last_step(log) < step:
         time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before step {step}"
+    _stop(proc)
+    last = _last_step(log)
+    if (last + 1) % EVERY == 0:
+        proc.send_signal(signal.SIGCONT)
+        while time.monotonic() < deadline and _last_step(log) <= last:
+            time.sleep(0.005)
+        _stop(proc)
+        last = _last_step(log)
+    proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    return last
+
+
+#: Steps a run is killed after from outside: two drawn with a seeded RNG among the steps
+#: after the first checkpoint (step 4) whose next step writes none, so that they resume
+#: from different checkpoints.
+_AFTER_FIRST = [s for s in range(EVERY, STEPS - 1) if (s + 1) % EVERY]
+_RNG = random.Random(0)
+_FIRST = _RNG.choice(_AFTER_FIRST)
+_OTHERS = [s for s in _AFTER_FIRST if (s + 1) // EVERY != (_FIRST + 1) // EVERY]
+KILL_STEPS = [_FIRST, _RNG.choice(_OTHERS)]  # [12, 8]
 
 
 @pytest.mark.parametrize(
-    "fault",
-    [None, "refresh:3", "checkpoint-files:2", "checkpoint-swap:2"],
-    ids=["random-step", "during-refresh", "checkpoint-files", "checkpoint-swap"],
-)
-def test_sigkill_then_resume_is_bit_identical(whole, tmp_path: Path, fault: str | None) -> None:
+    ("fault", "kill_step"),
+    [*((None, k) for k in KILL_STEPS), ("refresh:3", None), ("checkpoint-files:2", None),
+     ("checkpoint-swap:2", None)],
+    ids=[*(f"kill-after-step-{k}" for k in KILL_STEPS), "during-refresh", "checkpoint-files",
+         "checkpoint-swap"],
+)  # fmt: skip
+def test_sigkill_then_resume_is_bit_identical(
+    whole, tmp_path: Path, fault: str | None, kill_step: int | None
+) -> None:
     cfg, done = whole
     out = tmp_path / "cut"
     proc = _train(cfg, out, fault=fault)
-    if fault is None:  # from outside, at a random step after the first checkpoint (step 4)
-        _kill_after_step(proc, out / "train_log.jsonl", random.Random(0).randint(5, 11))
+    if kill_step is not None:  # from outside, at a drawn step after the first checkpoint
+        last = _kill_after_step(proc, out / "train_log.jsonl", kill_step)
+        # the last complete checkpoint: written after step EVERY·n − 1, for next step EVERY·n
+        expected = EVERY * ((last + 1) // EVERY)
     else:
         proc.wait(timeout=600)
+        # refresh 3 runs before step 6; checkpoint 2 is step 8's: both leave step 4's
+        last, expected = None, 4
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (out / "train_summary.json").exists()
     assert (out / "checkpoint").is_dir() or (out / ".checkpoint.old").is_dir()
@@ -100,11 +152,10 @@ def test_sigkill_then_resume_is_bit_identical(whole, tmp_path: Path, fault: str 
     summary = json.loads((out / "train_summary.json").read_text())
     reference = json.loads((done / "train_summary.json").read_text())
     assert summary["final_overlap"] == reference["final_overlap"]
-    assert summary["steps"] == reference["steps"] == 14
+    assert summary["steps"] == reference["steps"] == STEPS
     # resumed from a checkpoint, not restarted: the last complete one before the kill
-    expected = {None: (4, 8), "refresh:3": (4,), "checkpoint-files:2": (4,),
-                "checkpoint-swap:2": (4,)}[fault]  # fmt: skip
-    assert reference["resumed_from"] == 0 and summary["resumed_from"] in expected
+    assert reference["resumed_from"] == 0
+    assert summary["resumed_from"] == expected, (fault, kill_step, last, expected)
 
 
 def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoint(

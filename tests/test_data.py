@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -589,18 +588,8 @@ def test_chat_template(tokenizer) -> None:
 # -- the real corpora ------------------------------------------------------------
 
 
-def corpora_root() -> Path:
-    root = Path(
-        os.environ.get("VARDECOUPLE_CORPORA")
-        or Path(__file__).resolve().parents[2] / "shared" / "corpora"
-    )
-    if not (root / "flores200").is_dir():
-        pytest.fail(f"shared corpora not found at {root}; set VARDECOUPLE_CORPORA to the folder")
-    return root
-
-
-def test_real_corpora() -> None:
-    root = corpora_root()
+def test_real_corpora(corpora: Path) -> None:
+    root = corpora
     arabic = ["arb_Arab", "arz_Arab", "ary_Arab", "acm_Arab", "aeb_Arab", "ajp_Arab", "apc_Arab"]
     dev = load_corpus(root / "flores200", split="dev", varieties=[*arabic, "eng_Latn"])
     assert len(dev) == 997 and dev.name == "flores200/dev"
@@ -610,7 +599,7 @@ def test_real_corpora() -> None:
     eng_nds = load_corpus(root / "tatoeba-eng-nds")
     assert (len(deu_nds), len(eng_nds)) == (9999, 2500)
     shared = set(deu_nds.sentences(LOW)) & set(eng_nds.sentences(LOW))
-    assert len(shared) == 1236  # DESIGN §6
+    assert len(shared) == 1236  # Low German sentences in both deu–nds and eng–nds
     splits = make_splits([deu_nds, eng_nds], standard=STD, varieties=[LOW], pivot=PIV,
                          directions="standard<->variety,pivot<->variety",
                          dev_rows=200, probe_rows=200, test_rows=500)  # fmt: skip

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import spread_tiny_model
+from conftest import CORPORA, spread_tiny_model
 from vardecouple.data import format_example, load_corpus, make_splits
 from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+pytestmark = pytest.mark.usefixtures("corpora")
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,15 @@
 """OnlineDecoupler on a tiny random Llama: schedule, refresh, reference, penalty, resume."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import CORPORA
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
 from vardecouple.model import capture, load_model
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+pytestmark = pytest.mark.usefixtures("corpora")
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,6 @@ class Sentence:
 
 def _lines(folder: str, code: str, n: int) -> list[str]:
     path = CORPORA / folder / f"{code}.txt"
-    if not path.exists():
-        pytest.fail(f"{path} missing: tests read ../shared/corpora")
     return path.read_text(encoding="utf-8").splitlines()[:n]
 
 

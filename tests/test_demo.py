@@ -20,13 +20,17 @@ from vardecouple.report import PLOTS, SECTIONS
 pytestmark = pytest.mark.slow
 
 
+#: the demo's own arguments: CI's `make demo` uses the defaults, the test the quick one
+GIVEN = os.environ.get("VARDECOUPLE_DEMO_DIR")
+ARGS = [] if GIVEN else ["--quick"]
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
-    given = os.environ.get("VARDECOUPLE_DEMO_DIR")
-    if given:
-        return Path(given)
+    if GIVEN:
+        return Path(GIVEN)
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    assert main(["demo", "--out", str(out), *ARGS]) == 0
     return out
 
 
@@ -38,7 +42,23 @@ def test_demo_report_has_every_section_and_plot(demo_dir: Path) -> None:
     text = (run / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in text
-    assert "significant at 0.05" in text  # the plain statement, either way
+    # the plain statement, either way, and the one the p-values in results.json make
+    lines = text.splitlines()
+    stated = 0
+    for arm, per in results["deltas"].items():
+        for mean, what in (("mean_low_resource", "low-resource directions"),
+                           ("mean_standard", "directions into the standard")):  # fmt: skip
+            if "chrf++" not in per.get(mean, {}):
+                continue
+            p = per[mean]["chrf++"]["p_value"]
+            verdict = "significant" if p < 0.05 else "not significant"
+            said = [x for x in lines if x.startswith(f"- {arm} vs standard: mean over {what} ")]
+            assert len(said) == 1, (arm, mean, said)
+            assert said[0].endswith(f"): {verdict} at 0.05."), (arm, mean, p, said[0])
+            stated += 1
+    assert {"decoupled", "random"} <= {a for a, per in results["deltas"].items()
+                                       if "chrf++" in per.get("mean_low_resource", {})}
+    assert stated >= 2
     for plot in PLOTS:
         assert (run / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -57,15 +77,28 @@ def test_the_variety_identifier_tells_the_family_apart(demo_dir: Path) -> None:
     assert all(copy[d]["target_variety_rate"] < 0.1 for d in low)
 
 
-def test_a_second_demo_in_the_same_folder_keeps_the_first(demo_dir: Path, capsys) -> None:
-    before = (demo_dir / "run" / "results.json").read_bytes()
-    assert main(["demo", "--out", str(demo_dir), "--quick"]) == 0
-    assert "finished demo" in capsys.readouterr().out
-    assert (demo_dir / "run" / "results.json").read_bytes() == before
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_demo_on_a_real_line_aligned_corpus(tmp_path: Path) -> None:
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "flores200" / "dev"
+def test_a_second_demo_in_the_same_folder_says_finished_and_keeps_it(
+    demo_dir: Path, capsys
+) -> None:
+    before = _tree(demo_dir)
+    assert main(["demo", "--out", str(demo_dir), *ARGS]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and str(demo_dir / "run" / "report.md") in out
+    assert _tree(demo_dir) == before
+
+
+def test_the_report_stands_on_its_own(demo_dir: Path) -> None:
+    """The report points to files of this repository only (no design note beside it)."""
+    text = (demo_dir / "run" / "report.md").read_text()
+    assert "DESIGN" not in text and "§" not in text
+
+
+def test_demo_on_a_real_line_aligned_corpus(tmp_path: Path, corpora: Path) -> None:
+    corpus = corpora / "flores200" / "dev"
     args = ["demo", "--out", str(tmp_path), "--quick", "--corpus", str(corpus)]
     args += ["--standard", "arb_Arab", "--varieties", "arz_Arab", "--model", "tiny-random"]
     assert main(args) == 0

@@ -1,8 +1,10 @@
 """Several processes (2 CPU processes, gloo): the estimators' accumulate / reduce / solve
 split gives every process a bit-identical subspace; statistics-based estimators equal a
-single-process fit on the union of the shards (largest principal angle ≤ 1°); the
-variational probe agrees with the single-process fit within the seed-to-seed spread; the
-decoupler shards its probe rows and logs the single-process overlaps."""
+single-process fit on the union of the shards (largest principal angle ≤ 1e-4°, what a
+float32 basis can promise; measured 1.2e-14°); the variational probe agrees with the
+single-process fit within the seed-to-seed spread; the decoupler shards its probe rows and
+matches the single-process subspace (≤ 1e-4°, measured 3.4e-6°) and overlaps (≤ 1e-6,
+measured 3e-8)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,12 @@ import torch.multiprocessing as mp
 
 from vardecouple.subspace import make_estimator
 
+pytestmark = pytest.mark.usefixtures("corpora")
 STATISTICS = ("pca", "mean-diff", "leace", "variational-generative")
 N, D, SPLIT = 400, 24, 170  # rank 0 gets rows [0, SPLIT), rank 1 the rest: uneven shards
+#: Largest principal angle (degrees) to a single-process fit that a float32 basis can
+#: promise: one float32 rounding of a unit vector's entries (~6e-8) turns it by ~3e-6°.
+ANGLE = 1e-4
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +114,8 @@ def test_every_process_holds_a_bit_identical_subspace(ranks) -> None:
 def test_statistics_estimators_equal_a_fit_on_the_union(ranks, name: str) -> None:
     x, y = _data()
     single = make_estimator(name, 1).fit(x, y).basis
-    assert _largest_angle(ranks[0][name], single) <= 1.0
+    angle = _largest_angle(ranks[0][name], single)
+    assert angle <= ANGLE, (name, angle)
 
 
 def test_variational_probe_agrees_within_the_seed_spread(ranks) -> None:
@@ -128,11 +135,12 @@ def test_the_decoupler_shards_its_rows_and_matches_one_process(ranks) -> None:
     assert (
         ranks[0]["decoupler"]["fit_rows"] + ranks[1]["decoupler"]["fit_rows"] == single["fit_rows"]
     )
-    assert _largest_angle(ranks[0]["decoupler"]["basis"], single["basis"]) <= 1.0
+    angle = _largest_angle(ranks[0]["decoupler"]["basis"], single["basis"])
+    assert angle <= ANGLE, angle
     for variety, o in single["overlap"]["1"].items():
         for which in ("own", "reference"):
             assert ranks[0]["decoupler"]["overlap"]["1"][variety][which] == pytest.approx(
-                o[which], abs=1e-3
+                o[which], abs=1e-6
             )
 
 

@@ -19,6 +19,7 @@ import torch
 
 from conftest import MINI_CORE
 
+pytestmark = pytest.mark.usefixtures("corpora")
 BIN = Path(sys.executable).parent
 CONFIG = (
     MINI_CORE.replace("steps = 4", "steps = 6")

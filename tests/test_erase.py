@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MINI_CONFIG, spread_tiny_model
+from conftest import CORPORA, MINI_CONFIG, spread_tiny_model
 from vardecouple.cli import main
 from vardecouple.data import format_example, load_corpus, make_splits
 from vardecouple.decode import DecodeConfig, decode
+from vardecouple.decouple import OnlineDecoupler
 from vardecouple.erase import EraseConfig, Erasure, erasing, fit_erasure, later_overlaps
 from vardecouple.states import capture
 from vardecouple.subspace import Subspace
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+pytestmark = pytest.mark.usefixtures("corpora")
+TOL = 1e-7  # the library keeps fp32 states and subspaces, fp64 here: measured ≤ 3.4e-9
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,86 @@ def test_full_erasure_empties_the_subspace_at_its_layer_not_necessarily_later(se
     assert later and all(0 <= o["erased"] <= 1 for o in later)
 
 
+def _own_states(model, tok, sentences, erase=None) -> tuple[dict[int, torch.Tensor], list]:
+    """Every token state but each sentence's first, of every decoder layer, read by this
+    test's own forward hooks: each sentence alone through the whole model (no padding,
+    no batching), fp64; and the sentence of every row. ``erase = (layer, u, c)`` makes
+    that layer output h − uuᵀ(h − c)."""
+    blocks = model.model.layers
+    store: dict[int, torch.Tensor] = {}
+
+    def hook(i: int):
+        def fn(_module, _inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            if erase is not None and i == erase[0]:
+                _, u, c = erase
+                h = h - ((h - c) @ u)[..., None] * u
+                output = (h, *output[1:]) if isinstance(output, tuple) else h
+            store[i] = h
+            return output
+
+        return fn
+
+    handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    rows: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(blocks))}
+    owner = []
+    try:
+        with torch.no_grad():
+            for s in sentences:
+                ids = tok(s.text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+                model(input_ids=ids)
+                for i in rows:
+                    rows[i].append(store[i][0, 1:].double())
+                owner += [s] * (ids.shape[1] - 1)
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: torch.cat(r) for i, r in rows.items()}, owner
+
+
+def _own_overlap(u: torch.Tensor, c: torch.Tensor, h: torch.Tensor) -> float:
+    """Σ‖uᵀ(h − c)‖² / Σ‖h − c‖² by hand (rank 1)."""
+    centred = h - c
+    return float(((centred @ u) ** 2).sum() / (centred**2).sum())
+
+
+def test_later_overlaps_equal_an_independent_computation(setup) -> None:
+    """scores.json's ``erasure.later_overlap``: per layer from the first erased one up and
+    per variety, the held-out overlap with a mean-diff subspace fitted on the unerased
+    model, without and with erasure. Recomputed here from states read by this test's own
+    hooks, the mean-diff direction fitted by hand (u = normalised μ_variety − μ_standard,
+    c = their midpoint) and the erasure applied by hand; only the held-out/fit split of
+    the probe rows is taken from the decoupler."""
+    model, tok, splits, _, _ = setup
+    erasure, config = _fit(setup, alpha=1.0)
+    table = later_overlaps(model, tok, splits.probe, erasure, config)
+    layers = list(range(1, len(model.model.layers)))
+    split = OnlineDecoupler(config.decoupler(layers), splits.probe, len(model.model.layers))
+    fit, fit_owner = _own_states(model, tok, split.fit_on)
+    labels = torch.tensor([s.label for s in fit_owner])
+    assert set(labels.tolist()) == {0, 1}
+    fitted = {}
+    for i in layers:
+        mu0, mu1 = fit[i][labels == 0].mean(0), fit[i][labels == 1].mean(0)
+        fitted[i] = ((mu1 - mu0) / (mu1 - mu0).norm(), (mu0 + mu1) / 2)
+    u1, c1 = fitted[1]
+    plain, owner = _own_states(model, tok, split.measure)
+    erased, _ = _own_states(model, tok, split.measure, erase=(1, u1, c1))
+    varieties = sorted({s.variety for s in owner})
+    assert sorted(table, key=int) == [str(i) for i in layers] and len(varieties) == 2
+    for i in layers:
+        u, c = fitted[i]
+        for variety in varieties:
+            rows = torch.tensor([s.variety == variety for s in owner])
+            got = table[str(i)][variety]
+            want = (_own_overlap(u, c, plain[i][rows]), _own_overlap(u, c, erased[i][rows]))
+            assert (got["plain"], got["erased"]) == pytest.approx(want, abs=TOL), (i, variety)
+            assert want[0] > 1e-3, (i, variety)  # not vacuous
+    # erasing at layer 1 does change what the later layers hold
+    assert any(abs(table[str(i)][v]["erased"] - table[str(i)][v]["plain"]) > 100 * TOL
+               for i in layers[1:] for v in varieties)  # fmt: skip
+
+
 def test_erase_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="alpha"):
         EraseConfig(alpha=-1)
@@ -112,7 +194,10 @@ def test_eval_with_alpha_zero_writes_the_plain_hypotheses(tmp_path: Path) -> Non
     assert main([*base, "--out", str(tmp_path / "zero"), *args]) == 0
     scores = json.loads((tmp_path / "zero" / "scores.json").read_text())
     assert scores["erasure"]["alpha"] == 0 and scores["erasure"]["layers"] == [1]
-    assert set(scores["erasure"]["later_overlap"]) >= {"1"}
+    later = scores["erasure"]["later_overlap"]
+    assert sorted(later, key=int) == ["1", "2", "3"]  # tiny-random: layers 0..3
+    for per in later.values():  # α = 0 is the identity: erased states are the plain ones
+        assert all(o["erased"] == o["plain"] > 0 for o in per.values()), per
     for d in scores["metrics"]:
         a = (tmp_path / "plain" / "hypotheses" / f"{d}.txt").read_text()
         assert (tmp_path / "zero" / "hypotheses" / f"{d}.txt").read_text() == a

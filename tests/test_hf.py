@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CORPORA
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
 from vardecouple.hf import add_decoupling
 from vardecouple.model import add_lora, load_model
 from vardecouple.train import collate, supervised_loss
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+pytestmark = pytest.mark.usefixtures("corpora")
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest, estimate_ci
 
+from conftest import CORPORA
 from vardecouple.data import load_corpus
 from vardecouple.metrics import (
     METRICS,
@@ -24,12 +24,11 @@ from vardecouple.metrics import (
     signatures,
 )
 
-FLORES = Path("/work/shared/corpora/flores200")
-needs_flores = pytest.mark.skipif(not FLORES.exists(), reason="shared FLORES-200 not present")
+FLORES = CORPORA / "flores200"
 
 
 @pytest.fixture(scope="module")
-def devtest():
+def devtest(corpora):
     return load_corpus(FLORES, split="devtest")
 
 
@@ -174,7 +173,6 @@ def test_errors() -> None:
         paired_bootstrap([(REFS, [REFS])])  # type: ignore[list-item]
 
 
-@needs_flores
 @pytest.mark.parametrize("name,key", [("chrf++", "chrF2++"), ("bleu", "BLEU")])
 def test_agrees_with_sacrebleu_paired_bootstrap(devtest, name: str, key: str) -> None:
     """One block, one seed each: sacrebleu's paired bs at its default seed (12345).
@@ -199,7 +197,6 @@ def test_agrees_with_sacrebleu_paired_bootstrap(devtest, name: str, key: str) ->
     assert shifted.p_value >= ours.p_value
 
 
-@needs_flores
 def test_thousand_by_thousand_is_vectorised(devtest) -> None:
     refs = devtest.sentences("arb_Arab")[:1000]
     a, b = devtest.sentences("arz_Arab")[:1000], devtest.sentences("apc_Arab")[:1000]

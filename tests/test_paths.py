@@ -20,7 +20,8 @@ import pytest
 from conftest import CORPORA
 from vardecouple.cli import main
 
-pytestmark = pytest.mark.slow  # ~1 minute: a tiny demo, run, train, eval, report, probe
+# ~1 minute: a tiny demo, run, train, eval, report, probe
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("corpora")]
 
 ROWS = 240
 

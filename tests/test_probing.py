@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CORPORA
 from vardecouple.cli import main
 from vardecouple.model import add_lora, load_model
 from vardecouple.probing import (
@@ -19,7 +20,8 @@ from vardecouple.probing import (
     sentence_states,
 )
 
-FLORES_DEV = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "flores200" / "dev"
+pytestmark = pytest.mark.usefixtures("corpora")
+FLORES_DEV = CORPORA / "flores200" / "dev"
 STANDARD, VARIETIES, ROWS = "arb_Arab", ["arz_Arab", "ary_Arab"], 40
 
 

@@ -8,23 +8,18 @@ translations in every variety are unseen by the fits) or against a random contro
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import CORPORA
 from vardecouple.decouple import projection_penalty
 from vardecouple.subspace import make_estimator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("corpora")]
 
-CORPORA = Path(
-    os.environ.get(
-        "VARDECOUPLE_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"
-    )
-)
 VARIETIES = ("arb_Arab", "arz_Arab", "ary_Arab")  # label 0 = MSA
 ROWS, TRAIN_ROWS, LAYER = 200, 150, 9
 
@@ -39,13 +34,8 @@ def _every_thread(_one_thread_for_tiny_models: int):
 
 
 @pytest.fixture(scope="module")
-def real_states():
-    folder = CORPORA / "flores200" / "dev"
-    if not folder.is_dir():
-        pytest.fail(
-            f"{folder} not found: the real-model tests need ../shared/corpora "
-            "(or VARDECOUPLE_CORPORA)"
-        )
+def real_states(corpora: Path):
+    folder = corpora / "flores200" / "dev"
     from vardecouple.model import layer_states, load_model
 
     loaded = load_model("gemma3-270m")
@@ -104,7 +94,7 @@ def test_standard_subspace_holds_held_out_msa_energy_and_random_does_not(real_st
 
 
 def test_norm_penalty_of_a_random_subspace_dwarfs_the_probes(real_states) -> None:
-    """DESIGN §5: residual states have a few huge-variance directions, which a random
+    """Residual states have a few huge-variance directions, which a random
     subspace catches and a discriminative one does not, so at equal λ the norm-form
     random control is several times stronger than the arm it controls for."""
     x, y, train, _, _ = real_states

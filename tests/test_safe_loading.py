@@ -76,3 +76,53 @@ def test_remote_code_is_off_unless_the_config_asks() -> None:
     from vardecouple.config import ModelSection
 
     assert ModelSection(spec="x").trust_remote_code is False
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory) -> Path:
+    """A tiny Llama checkpoint folder (model and tokenizer), as a hub download leaves it."""
+    from vardecouple.model import tiny_random
+
+    model, tokenizer = tiny_random(["Der Hund hat gespielt.", "De Hund hett speelt."] * 4,
+                                   num_layers=2, hidden_size=16)  # fmt: skip
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["folder", "hub-id"])
+@pytest.mark.parametrize("asked", [True, False, None], ids=["true", "false", "unset"])
+def test_the_config_trust_remote_code_reaches_from_pretrained(
+    tmp_path: Path, monkeypatch, local_model: Path, kind: str, asked: bool | None
+) -> None:
+    """``[model] trust_remote_code`` is what the model and the tokenizer are loaded with
+    (through the arm's loader): True only when the config sets it to true."""
+    import transformers
+
+    from vardecouple.arms import load_base
+    from vardecouple.config import load_config
+
+    calls: list[tuple[str, object]] = []
+
+    def recording(cls_name: str, real):
+        def from_pretrained(name, *args, **kwargs):
+            calls.append((cls_name, kwargs.get("trust_remote_code", "absent")))
+            # a hub id is served from the local folder (no network here)
+            return real(local_model if kind == "hub-id" else name, *args, **kwargs)
+
+        return from_pretrained
+
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", recording(cls.__name__, cls.from_pretrained))
+    spec = str(local_model) if kind == "folder" else "vardecouple-test/tiny-llama"
+    line = "" if asked is None else f"trust_remote_code = {str(asked).lower()}\n"
+    (tmp_path / "c.toml").write_text(
+        f'name = "t"\n[data]\nroot = "{tmp_path}"\ncorpora = [{{ path = "c" }}]\n'
+        f'standard = "deu_Latn"\nvarieties = ["nds_Latn"]\n[model]\nspec = "{spec}"\n{line}'
+        '[arms.standard]\npenalize = false\n'
+    )
+    config = load_config(tmp_path / "c.toml")
+    loaded = load_base(config, splits=None)
+    assert loaded.num_layers == 2
+    assert calls == [("AutoModelForCausalLM", asked is True), ("AutoTokenizer", asked is True)]

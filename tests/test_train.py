@@ -8,20 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CORPORA
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
 from vardecouple.model import add_lora, load_model
 from vardecouple.train import TrainConfig, batches, collate, supervised_loss, train
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+pytestmark = pytest.mark.usefixtures("corpora")
 
 
 @pytest.fixture(scope="module")
 def setup():
-    folder = CORPORA / "tatoeba-deu-nds"
-    if not folder.is_dir():
-        pytest.fail(f"{folder} missing: tests read ../shared/corpora")
-    corpus = load_corpus(folder)
+    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
     splits = make_splits(
         [corpus],
         standard="deu_Latn",

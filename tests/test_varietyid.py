@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import CORPORA
 from vardecouple.data import load_corpus
 from vardecouple.varietyid import OTHER, VarietyIdentifier
 
-FLORES = Path("/work/shared/corpora/flores200")
-needs_flores = pytest.mark.skipif(not FLORES.exists(), reason="shared FLORES-200 not present")
+FLORES = CORPORA / "flores200"
 ARABIC = ["arb_Arab", "arz_Arab", "ary_Arab", "apc_Arab"]
 
 
@@ -22,12 +21,12 @@ def _labelled(corpus, varieties):
 
 
 @pytest.fixture(scope="module")
-def devtest():
+def devtest(corpora):
     return load_corpus(FLORES, split="devtest")
 
 
 @pytest.fixture(scope="module")
-def train():
+def train(corpora):
     return _labelled(load_corpus(FLORES, split="dev"), ARABIC)
 
 
@@ -41,7 +40,6 @@ def _toy() -> VarietyIdentifier:
     return VarietyIdentifier().fit(texts, ["en", "en", "de", "de"] * 3)
 
 
-@needs_flores
 def test_heldout_accuracy_beats_majority_baseline(vid, devtest) -> None:
     texts, labels = _labelled(devtest, ARABIC)
     acc = vid.accuracy(texts, labels)
@@ -56,7 +54,6 @@ def test_heldout_accuracy_beats_majority_baseline(vid, devtest) -> None:
         assert conf[v][v] / sum(conf[v].values()) > 0.8
 
 
-@needs_flores
 def test_copied_msa_is_not_counted_as_dialect(vid, devtest) -> None:
     msa = devtest.sentences("arb_Arab")
     assert vid.target_rate(msa, "ary_Arab") < 0.05  # measured 0.009
@@ -66,7 +63,6 @@ def test_copied_msa_is_not_counted_as_dialect(vid, devtest) -> None:
     assert sum(r.values()) == pytest.approx(1.0)
 
 
-@needs_flores
 def test_copied_english_is_other_not_a_dialect(vid, devtest) -> None:
     eng = devtest.sentences("eng_Latn")[:200]
     assert vid.rate_vs(eng, "apc_Arab", "arb_Arab") == {
@@ -82,7 +78,6 @@ def test_copied_english_is_other_not_a_dialect(vid, devtest) -> None:
     assert OTHER not in ungated.predict(eng[:20])
 
 
-@needs_flores
 def test_determinism_and_describe(vid, train, devtest) -> None:
     again = VarietyIdentifier(seed=0).fit(*train)
     texts = devtest.sentences("arz_Arab")[:300]
