@@ -266,3 +266,23 @@ def test_checkpoint_failing_mid_write_keeps_the_previous_one(tmp_path, monkeypat
     assert state["next_step"] == 4
     assert torch.equal(fresh.lora.weight, weights["lora.weight"])
     assert torch.equal(fresh.lora.bias, weights["lora.bias"])
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """Every writer goes through vardecouple.atomic: a failure removes its temp file."""
+    from vardecouple.atomic import write_atomic, write_json_atomic, write_text_atomic
+
+    (tmp_path / "a.json").write_text("old")
+
+    def half(tmp: str) -> None:
+        Path(tmp).write_text("half")
+        raise OSError(errno.ENOSPC, "disk full")
+
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "a.json", half)
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "a.json", {"x": object()} | {1j: 1})  # key not JSON
+    with pytest.raises(TypeError):
+        write_text_atomic(tmp_path / "a.json", None)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "old"

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from vardecouple.atomic import write_json_atomic, write_text_atomic
 from vardecouple.config import ExperimentConfig
 from vardecouple.data import Splits, format_example, load_corpus, make_splits, tokenize_example
-from vardecouple.results import write_json_atomic
 
 __all__ = [
     "check_fits",
@@ -184,14 +184,6 @@ def _recorded(config: ExperimentConfig, arm: str, seed: int) -> dict[str, Any]:
     """The config as a training folder records it (``config.json``): absolute paths."""
     record = config.model_dump() | {"source": str(Path(config.source).resolve())}
     return json.loads(json.dumps(record | {"arm": arm, "seed": seed}, default=str))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary name (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def check_fits(config: ExperimentConfig, loaded: Any, arms: list[str] | None = None) -> None:

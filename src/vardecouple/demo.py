@@ -145,7 +145,7 @@ def pretrain(
 
 
 def _write_lines(folder: Path, rows: list[dict[str, str]]) -> None:
-    from vardecouple.evaluate import write_lines_atomic
+    from vardecouple.atomic import write_lines_atomic
 
     for code in rows[0]:
         write_lines_atomic(folder / f"{code}.txt", [r[code] for r in rows])
@@ -384,7 +384,7 @@ def run_demo(
                                          model, demo, real=True), out))  # fmt: skip
     if overwrite and out.exists():
         shutil.rmtree(out)
-    from vardecouple.results import write_json_atomic
+    from vardecouple.atomic import write_json_atomic
 
     write_json_atomic(out / DEMO_FILE, identity)
     threads = torch.get_num_threads()
@@ -441,7 +441,7 @@ def _run(
     command: str,
     progress: bool,
 ) -> None:
-    from vardecouple.arms import write_text_atomic
+    from vardecouple.atomic import write_text_atomic
     from vardecouple.config import load_config
     from vardecouple.experiment import run_experiment
 

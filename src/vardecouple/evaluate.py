@@ -15,12 +15,12 @@ the source.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vardecouple.atomic import write_lines_atomic
 from vardecouple.data import Example, Splits, format_example
 from vardecouple.decode import DecodeConfig, decode
 from vardecouple.metrics import bootstrap_ci, corpus_scores
@@ -38,21 +38,6 @@ __all__ = [
     "write_lines_atomic",
     "write_test_files",
 ]
-
-
-def write_lines_atomic(path: Path, lines: Sequence[str]) -> None:
-    """One line per item (newlines inside an item become spaces); temp file, fsync, rename.
-
-    UTF-8, lines end with ``\\n`` only (no platform translation): the files read back
-    line for line by :func:`read_lines` and by ``sacrebleu``'s command line.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(line.replace("\n", " ") + "\n" for line in lines)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_lines(path: Path, expected: int | None = None) -> list[str]:

@@ -28,12 +28,12 @@ from vardecouple.arms import (
     train_arm,
     write_text_atomic,
 )
+from vardecouple.atomic import write_json_atomic as _write_json_atomic
 from vardecouple.config import ExperimentConfig
 from vardecouple.data import Splits
 from vardecouple.erase import erasing
 from vardecouple.results import deltas_vs_standard, summarize, validate_results
 from vardecouple.results import provenance as _provenance
-from vardecouple.results import write_json_atomic as _write_json_atomic
 
 __all__ = [
     "evaluate_one",
@@ -270,7 +270,7 @@ def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
 
 def _probe(config: ExperimentConfig, ctx: _Context, out: Path) -> Path:
     """``vardecouple probe`` of base + each trained arm's first seed on held-out rows."""
-    from vardecouple.evaluate import write_lines_atomic
+    from vardecouple.atomic import write_lines_atomic
     from vardecouple.probing import run_probe
 
     folder, p = out / "probe", config.probe

@@ -262,8 +262,7 @@ def load_model(
         except OSError as exc:  # not in the local cache and no hub to ask: one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(
-                f"model {spec!r}: not a local path, and the hub id could not be loaded "
-                f"({first})"
+                f"model {spec!r}: not a local path, and the hub id could not be loaded ({first})"
             ) from None
     model.eval()
     if tokenizer.pad_token is None:

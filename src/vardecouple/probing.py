@@ -68,8 +68,8 @@ from vardecouple.analysis import (
     subspace_angles,
     variational_codelength,
 )
+from vardecouple.atomic import write_atomic
 from vardecouple.model import load_model
-from vardecouple.report import write_atomic
 from vardecouple.states import _decoder_body, _StopForward, capture
 
 __all__ = [
@@ -308,6 +308,7 @@ def run_probe(
     runs = [("base", None), *zip(names, unique, strict=True)]
     results: dict[str, Any] = {}
     timing: dict[str, dict[str, float]] = {}
+
     def load() -> Any:
         return loader() if loader is not None else load_model(
             model, corpus_texts=texts if model == "tiny-random" else None)  # fmt: skip

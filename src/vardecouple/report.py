@@ -9,9 +9,6 @@ in the same folder, then ``os.replace``); the report is derived and safe to rege
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,8 @@ matplotlib.use("Agg")  # headless; the Figure API below keeps no global pyplot s
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+
+from vardecouple.atomic import write_atomic
 
 __all__ = ["ALPHA", "PLOTS", "SECTIONS", "load_results", "write_atomic", "write_report"]
 
@@ -61,17 +60,6 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         msg = msg if len(msg) <= 200 else msg[:197] + "..."
         raise ValueError(f"report: {path}: invalid results at {where}: {msg}")
     return data
-
-
-def write_atomic(path: Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary name in ``path``'s folder, then ``os.replace``."""
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _signed(x: float, digits: int = 2) -> str:

@@ -16,7 +16,6 @@ provenance and the numbers derived from the per-run metrics.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vardecouple.atomic import write_json_atomic
 
 __all__ = [
     "deltas_vs_standard",
@@ -34,16 +35,6 @@ __all__ = [
 ]
 
 METRICS = ("chrf++", "bleu", "target_variety_rate")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=1, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def provenance(source: str, command: str) -> dict[str, Any]:

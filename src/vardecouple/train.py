@@ -35,9 +35,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from vardecouple.atomic import write_json_atomic, write_text_atomic
 from vardecouple.checkpoint import fault_point, has_checkpoint, load_checkpoint, save_checkpoint
 from vardecouple.decouple import OnlineDecoupler
-from vardecouple.results import write_json_atomic
 from vardecouple.states import _decoder_body, capture
 
 __all__ = [
@@ -209,9 +209,7 @@ def _truncate_log(path: Path, next_step: int) -> None:
             continue
         if record.get("step", 0) < next_step:
             keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in keep))
 
 
 @torch.no_grad()

@@ -54,12 +54,12 @@ upper-cased, ``.`` appended. Measured corpus chrF++ standard vs variety (seed 0,
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
+
+from vardecouple.atomic import write_text_atomic
 
 from .corpus import Corpus
 
@@ -289,17 +289,6 @@ def family_rules(config: FamilyConfig) -> dict[str, dict[str, object]]:
     return {code: dict(g.changes or {}) for code, g in zip(config.codes[2:], grammars, strict=True)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_family(config: FamilyConfig, folder: str | PathLike[str]) -> Path:
     """Write ``<code>.txt`` (one sentence per line, UTF-8) and ``family.json`` into ``folder``.
 
@@ -320,7 +309,7 @@ def write_family(config: FamilyConfig, folder: str | PathLike[str]) -> Path:
     if stray:
         raise ValueError(f"{out} holds other .txt files ({', '.join(stray)}): expected none")
     for code in corpus.varieties:
-        _write_atomic(out / f"{code}.txt", "".join(s + "\n" for s in corpus.sentences(code)))
+        write_text_atomic(out / f"{code}.txt", "".join(s + "\n" for s in corpus.sentences(code)))
     meta = {"config": asdict(config), "rules": family_rules(config)}
-    _write_atomic(out / "family.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "family.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     return out
