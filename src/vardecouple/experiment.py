@@ -147,15 +147,25 @@ def run_experiment(
     else:
         provenance = json.loads(prov_file.read_text())
     runs: dict[str, dict[str, Any]] = {}
-    for arm in _arm_order(config):
+    order = _arm_order(config)
+    total = sum(len(_seeds(config, a)) for a in order)
+    done = [
+        (a, s) for a in order for s in _seeds(config, a)
+        if (out / "runs" / a / f"seed-{s}" / "eval.json").exists()
+    ]  # fmt: skip
+    say = _reporter(out, progress, total, len(done))
+    say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
+    for arm in order:
         settings = config.arm(arm)
         seeds = _seeds(config, arm)
         todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
         if jobs > 1 and settings.kind == "train" and len(todo) > 1:
-            _parallel(config, out, arm, todo, jobs)
+            say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
+            _parallel(config, out, arm, todo, jobs, on_done=lambda seed, a=arm: say(a, seed))
         else:
             for seed in todo:
                 _arm_seed(context, arm, seed)
+                say(arm, seed)
         for seed in seeds:
             finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
             runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
@@ -384,17 +394,52 @@ def _worker(config: ExperimentConfig, out: Path, arm: str, seed: int, threads: i
     _arm_seed(_context(config, out), arm, seed)
 
 
-def _parallel(config: ExperimentConfig, out: Path, arm: str, seeds: list[int], jobs: int) -> None:
-    """Train and evaluate ``seeds`` of ``arm`` in ``jobs`` processes (spawned)."""
+def _parallel(
+    config: ExperimentConfig,
+    out: Path,
+    arm: str,
+    seeds: list[int],
+    jobs: int,
+    on_done: Any = None,
+) -> None:
+    """Train and evaluate ``seeds`` of ``arm`` in ``jobs`` processes (spawned);
+    ``on_done(seed)`` is called as each one finishes."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=context) as pool:
-        futures = [pool.submit(_worker, config, out, arm, seed, threads) for seed in seeds]
-        for future in futures:
+        futures = {pool.submit(_worker, config, out, arm, seed, threads): seed for seed in seeds}
+        for future in as_completed(futures):
             future.result()  # re-raises a worker's error
+            if on_done is not None:
+                on_done(futures[future])
+
+
+def _reporter(out: Path, progress: bool, total: int, done: int) -> Any:
+    """``say(arm, seed)``: one line as each arm × seed result is made (with its train and
+    eval seconds); ``say(None, None, text)``: a line of its own. Silent without progress."""
+    import sys
+
+    count = [done]
+    started = time.perf_counter()
+
+    def say(arm: str | None, seed: int | None, text: str | None = None) -> None:
+        if not progress:
+            return
+        if arm is not None:
+            count[0] += 1
+            record = json.loads((out / "runs" / arm / f"seed-{seed}" / "eval.json")
+                                .read_text(encoding="utf-8"))  # fmt: skip
+            trained = (f"trained {record['steps']} steps in {record['train_seconds']:.0f} s, "
+                       if record["steps"] else "")  # fmt: skip
+            text = (f"[{count[0]}/{total}] {arm} seed {seed} done: {trained}evaluated in "
+                    f"{record['eval_seconds']:.0f} s; {time.perf_counter() - started:.0f} s "
+                    "into this run")  # fmt: skip
+        print(f"run: {text}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:

@@ -82,7 +82,7 @@ class LineProgress:
             return
         self.last = now
         seconds = now - self.start
-        done = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else (
+        done = f"{self.n}/{self.total} ({100 * self.n // self.total}%)" if self.total else (
             f"{self.n}")  # fmt: skip
         done_here = self.n - self.initial
         rate = f", {done_here / seconds:.3g} {self.unit}/s" if seconds > 0 and done_here else ""
