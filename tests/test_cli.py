@@ -104,3 +104,29 @@ def test_train_again_says_finished_and_another_config_is_refused(
     moved.mkdir()
     (moved / "mini.toml").write_text(mini_config)
     assert main(["train", str(moved / "mini.toml"), "--arm", "decoupled", "--out", str(out)]) == 0
+
+
+def test_every_list_flag_takes_spaces_commas_and_repeats() -> None:
+    """One habit: `--x a b`, `--x a,b`, `--x a --x b` give the same list, for every list
+    flag of every command (and the help says so)."""
+    from vardecouple.cli import LISTS, build_parser
+
+    parser = build_parser()
+    common = {
+        "demo": ["demo", "--out", "o"],
+        "probe": ["probe", "--model", "m", "--corpus", "c", "--standard", "s", "--out", "o"],
+        "eval": ["eval", "--config", "c.toml", "--out", "o"],
+    }
+    flags = [("demo", "--varieties", ["aa_Latn", "bb_Latn"]), ("demo", "--seeds", [0, 3]),
+             ("probe", "--varieties", ["aa_Latn", "bb_Latn"]), ("probe", "--layers", ["0", "9"]),
+             ("probe", "--adapter", ["a/x", "b/y"]),
+             ("eval", "--erase-layers", [6, 9])]  # fmt: skip
+    for command, flag, want in flags:
+        words = [str(w) for w in want]
+        forms = [[flag, *words], [flag, ",".join(words)], [x for w in words for x in (flag, w)]]
+        for form in forms:
+            args = parser.parse_args([*common[command], *form])
+            assert getattr(args, flag[2:].replace("-", "_")) == want, (command, form)
+    sub = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in common:
+        assert sub[command].epilog == LISTS

@@ -8,6 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from vardecouple.cli import main
 from vardecouple.demo import DEMO_FILE
 
@@ -76,3 +78,35 @@ def test_overwrite_replaces_a_stale_demo_and_runs(tmp_path, capsys) -> None:
     assert not (out / "data" / "family" / "std_Latn.txt").read_text() == "a\n"
     assert main(["demo", "--out", str(out), *QUICK]) == 0  # the same demo again: finished
     assert "already finished" in capsys.readouterr().out
+
+
+def test_an_interrupted_demo_resumes_without_redoing_what_is_done(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import vardecouple.experiment as experiment
+
+    out = tmp_path / "d"
+    real = experiment.train_arm
+
+    def crashing(config, arm, *args, **kwargs):
+        if arm == "decoupled":
+            raise KeyboardInterrupt  # the user stops the demo during the second trained arm
+        return real(config, arm, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_arm", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--out", str(out), *QUICK])
+    assert not (out / "run" / "results.json").exists()
+    done = _tree(out / "model") | {
+        arm: (out / "run" / "runs" / arm / "seed-0" / "eval.json").read_bytes()
+        for arm in ("copy", "base", "standard")
+    }
+    monkeypatch.setattr(experiment, "train_arm", real)
+    assert main(["demo", "--out", str(out), *QUICK]) == 0  # the same command resumes
+    assert "demo finished" in capsys.readouterr().out
+    # the pre-trained model and the finished arms were not made again
+    assert done == _tree(out / "model") | {
+        arm: (out / "run" / "runs" / arm / "seed-0" / "eval.json").read_bytes()
+        for arm in ("copy", "base", "standard")
+    }
+    assert (out / "run" / "report.md").is_file()
