@@ -102,3 +102,49 @@ def test_beam_search_returns_one_hypothesis_per_prompt_in_order(setup) -> None:
         for p, s in zip(prompts[:6], sources[:6], strict=True)
     ]
     assert beams == singles and all(isinstance(h, str) for h in beams)
+
+
+SLOTS = [
+    DecodeConfig(batch_size=8, continuous=True),
+    DecodeConfig(batch_size=8, lookup_tokens=4),
+    DecodeConfig(batch_size=5, continuous=True, lookup_tokens=6),
+    DecodeConfig(batch_size=1, continuous=True, lookup_tokens=3),
+    DecodeConfig(batch_size=16, continuous=True, lookup_tokens=8, lookup_ngram=1),
+]
+
+
+@pytest.mark.parametrize("config", SLOTS, ids=lambda c: f"slots{c.batch_size}-"
+                         f"{'cont' if c.continuous else 'static'}-k{c.lookup_tokens}")  # fmt: skip
+def test_continuous_batching_and_prompt_lookup_equal_plain_greedy_in_float64(
+    setup, config, monkeypatch
+) -> None:
+    """Refilled slots and verified drafts pick exactly the tokens of plain greedy
+    decoding (float64: no near-ties); the drafts are really used, rows really joined
+    and the cache really repacked (else the check would be vacuous)."""
+    import vardecouple.decode as decode_module
+
+    model, tok, prompts, sources = setup
+    plain = decode(model, tok, prompts, sources, DecodeConfig(batch_size=8), progress=False)
+    repacks, joins = [], []
+    real_repack, real_pad = decode_module._repack, decode_module._left_pad_cache
+    monkeypatch.setattr(decode_module, "_repack", lambda *a: repacks.append(1) or real_repack(*a))
+    monkeypatch.setattr(decode_module, "_left_pad_cache",
+                        lambda *a: joins.append(1) or real_pad(*a))  # fmt: skip
+    stats: dict[str, int] = {}
+    got = decode(model, tok, prompts, sources, config, progress=False, stats=stats)
+    assert got == plain
+    if config.lookup_tokens:
+        assert stats["accepted"] > 0 and stats["drafted"] > stats["accepted"]
+    if config.continuous and 1 < config.batch_size < len(prompts):
+        assert joins  # rows were prefilled and joined to a running batch
+    if config.lookup_tokens >= 6:
+        assert repacks  # rejected drafts were dropped from the cache
+
+
+def test_prompt_lookup_drafts_what_followed_the_tail() -> None:
+    from vardecouple.decode import _draft
+
+    assert _draft([5, 6, 7, 8, 9, 6, 7], ngram=3, k=2) == [8, 9]  # tail 6 7 occurred before
+    assert _draft([1, 2, 3, 1, 2, 4, 1, 2], ngram=2, k=3) == [4, 1, 2]  # the latest occurrence
+    assert _draft([1, 2, 3], ngram=3, k=4) == []  # the tail occurs nowhere earlier
+    assert _draft([1, 2, 3, 1], ngram=3, k=0) == []

@@ -10,7 +10,9 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = {"vardecouple", "conftest", "_common"}
+#: this repository's own modules: the package, and the scripts of tests/ and benchmarks/
+#: (a benchmark script imports its neighbours)
+LOCAL = {"vardecouple"} | {p.stem for d in ("tests", "benchmarks") for p in (ROOT / d).glob("*.py")}
 #: imported by the package but deliberately not a dependency, each with its one-line error
 OPTIONAL = {
     "comet": "unbabel-comet",  # eval.comet; requires transformers<5 (evaluate.require_comet)

@@ -182,7 +182,8 @@ def test_decoupled_lora_steps_on_gemma_save_and_reload(tmp_path) -> None:
 
 
 def test_batched_decoding_matches_one_at_a_time_on_gemma() -> None:
-    """Padding side, masks and positions right: batch 8 = batch 1 in float32 (the
+    """Padding side, masks and positions right: batch 8 = batch 1 in float32, and so
+    do continuous batching with prompt-lookup drafts (the
     target is ≥ 99% identical; 16 sentences leave no room for a difference, and
     benchmarks/decode_speed.py found 32 of 32 identical)."""
     from vardecouple.data import Example, format_example
@@ -218,6 +219,20 @@ def test_batched_decoding_matches_one_at_a_time_on_gemma() -> None:
     assert all(h.strip() for h in one)  # Gemma writes something for every prompt
     same = sum(a == b for a, b in zip(one, eight, strict=True))
     assert same == len(one), [(a, b) for a, b in zip(one, eight, strict=True) if a != b]
+    # 4 slots refilled as rows finish, prompt-lookup drafts of 6 tokens: the same tokens
+    # (Gemma's sliding-window cache layers included), with drafts really accepted
+    stats: dict[str, int] = {}
+    fast = decode(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        src,
+        DecodeConfig(batch_size=4, continuous=True, lookup_tokens=6, **config),
+        progress=False,
+        stats=stats,
+    )
+    assert stats["accepted"] > 0
+    assert fast == one, [(a, b) for a, b in zip(one, fast, strict=True) if a != b]
 
 
 def test_inference_time_erasure_on_gemma() -> None:

@@ -159,6 +159,10 @@ class EvalSection(_Strict):
     length_ratio: float = Field(2.0, gt=0)
     max_new_tokens: int = Field(256, ge=1)
     num_beams: int = Field(1, ge=1)
+    # exact speed-ups of greedy decoding (vardecouple.decode): refill rows as they finish
+    # (batch_size = slots), and prompt-lookup drafts of this many tokens (0 = off)
+    continuous: bool = False
+    lookup_tokens: int = Field(0, ge=0)
     max_examples: int | None = Field(None, ge=1)  # per direction, first rows of the test split
     bootstrap_samples: int = Field(1000, ge=1000)
     bootstrap_seed: int = 0

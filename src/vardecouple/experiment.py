@@ -373,20 +373,28 @@ class _Context:
 
 def _context(config: ExperimentConfig, out: Path) -> _Context:
     """A worker's context, rebuilt from the config (deterministic: same splits)."""
-    from vardecouple.decode import DecodeConfig
     from vardecouple.evaluate import test_sets, train_identifier
 
     splits = prepare_data(config)
     tests = test_sets(splits, config.eval.max_examples)
     identifier, info = train_identifier(splits, tests, seed=config.data.seed)
+    decoding = decode_config(config)
+    return _Context(config, out, splits, tests, identifier, info, decoding, progress=False)
+
+
+def decode_config(config: ExperimentConfig) -> Any:
+    """The decoding settings of ``[eval]``."""
+    from vardecouple.decode import DecodeConfig
+
     ev = config.eval
-    decoding = DecodeConfig(
+    return DecodeConfig(
         batch_size=ev.batch_size,
         length_ratio=ev.length_ratio,
         max_new_tokens=ev.max_new_tokens,
         num_beams=ev.num_beams,
+        continuous=ev.continuous,
+        lookup_tokens=ev.lookup_tokens,
     )
-    return _Context(config, out, splits, tests, identifier, info, decoding, progress=False)
 
 
 def _worker(config: ExperimentConfig, out: Path, arm: str, seed: int, threads: int) -> None:
@@ -571,7 +579,6 @@ def evaluate_one(
     ``scores.json`` has an ``erasure`` entry (layers, α, held-out overlaps at every
     later layer without and with erasure).
     """
-    from vardecouple.decode import DecodeConfig
     from vardecouple.evaluate import evaluate_model, score_hypotheses, test_sets, train_identifier
     from vardecouple.metrics import signatures
 
@@ -619,12 +626,7 @@ def evaluate_one(
             tests,
             out,
             template=config.data.template,
-            decode_config=DecodeConfig(
-                batch_size=ev.batch_size,
-                length_ratio=ev.length_ratio,
-                max_new_tokens=ev.max_new_tokens,
-                num_beams=ev.num_beams,
-            ),
+            decode_config=decode_config(config),
             progress=progress,
         )
     metrics = score_hypotheses(

@@ -1,0 +1,176 @@
+r"""Evaluation speed (issue 14): greedy decoding settings on gemma3-270m, resumable.
+
+What it measures
+----------------
+Zero-shot plain-template prompts of the first ``--n`` FLORES-200 devtest rows of each
+direction (default ``arb_Arab->arz_Arab`` and ``arb_Arab->ary_Arab``), decoded by
+gemma3-270m (float32, CPU; ``--adapter DIR`` adds a peft adapter) with each setting:
+
+* ``hf-generate-bs8``: ``model.generate`` on ``decode()``'s left-padded batches of 8
+  (``decode_speed.hf_generate``: the reference of BENCHMARKS.md's earlier table);
+* ``decode-bs8``: today's default ``decode()`` (static batches of 8; the **reference**
+  for identical hypotheses);
+* ``decode-bs32``: static batches of 32;
+* ``continuous-16`` / ``continuous-32``: 16 / 32 slots refilled as rows finish;
+* ``lookup6-bs8``: static batches of 8 with prompt-lookup drafts of 6 tokens;
+* ``continuous-16+lookup4`` / ``continuous-16+lookup6`` / ``continuous-32+lookup6``.
+
+Every setting decodes the same sentences. **Tokens** are the same fixed count for all
+settings: the reference's hypotheses re-tokenised, plus one stop token each, so
+tokens/s compares equal work. Per setting and direction the JSON keeps wall seconds,
+sentences/s, tokens/s, the hypotheses, the share identical to the reference, corpus
+chrF++ (sacrebleu, word order 2) and, for the new settings, draft statistics.
+
+**Resumable.** Results go to ``--out`` (atomically) after every (setting, direction);
+a run skips what is already there, so the table can be completed over several sittings.
+Each entry records its *sitting* (the start time of the process that made it); speed
+ratios are taken only between entries of the same sitting (the table says which).
+
+How to run
+----------
+::
+
+    .venv/bin/python benchmarks/eval_speed.py                    # all settings, 200 rows
+    .venv/bin/python benchmarks/eval_speed.py --n 8 --settings decode-bs8 continuous-16 \
+        --out benchmarks/results/eval_speed_quick.json            # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if "OMP_WAIT_POLICY" not in os.environ:  # before torch: no spin-waiting threads
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+import _common
+from decode_speed import hf_generate, load_examples
+from vardecouple.data import format_example
+from vardecouple.decode import DecodeConfig, decode, stop_ids
+from vardecouple.metrics import corpus_scores
+
+REFERENCE = "decode-bs8"
+SETTINGS: dict[str, dict[str, Any]] = {
+    "hf-generate-bs8": {"batch_size": 8},
+    "decode-bs8": {"batch_size": 8},
+    "decode-bs32": {"batch_size": 32},
+    "continuous-16": {"batch_size": 16, "continuous": True},
+    "continuous-32": {"batch_size": 32, "continuous": True},
+    "lookup6-bs8": {"batch_size": 8, "lookup_tokens": 6},
+    "continuous-16+lookup4": {"batch_size": 16, "continuous": True, "lookup_tokens": 4},
+    "continuous-16+lookup6": {"batch_size": 16, "continuous": True, "lookup_tokens": 6},
+    "continuous-32+lookup6": {"batch_size": 32, "continuous": True, "lookup_tokens": 6},
+}
+
+
+def run_setting(name: str, model: Any, tok: Any, prompts: list[str], sources: list[str]) -> dict:
+    config = DecodeConfig(**SETTINGS[name])
+    stats: dict[str, int] = {}
+    start = time.perf_counter()
+    if name.startswith("hf-generate"):
+        hyps = hf_generate(model, tok, prompts, sources, config, stop_ids(tok))["hypotheses"]
+    else:
+        hyps = decode(model, tok, prompts, sources, config, progress=False, stats=stats)
+    return {"seconds": time.perf_counter() - start, "hypotheses": hyps, "stats": stats}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = []
+    for direction in report["directions"]:
+        entries = {s: report["results"].get(f"{s}|{direction}") for s in SETTINGS}
+        ref = entries.get(REFERENCE)
+        lines += ["", f"**{direction}** ({report['n']} sentences)", ""]
+        rows = []
+        for name, e in entries.items():
+            if e is None:
+                continue
+            same_sitting = ref is not None and ref["sitting"] == e["sitting"]
+            ratio = f"{ref['seconds'] / e['seconds']:.2f}" if same_sitting else "—"
+            hf = entries.get("hf-generate-bs8")
+            vs_hf = (f"{hf['seconds'] / e['seconds']:.2f}"
+                     if hf is not None and hf["sitting"] == e["sitting"] else "—")  # fmt: skip
+            rows.append([f"`{name}`", f"{e['tokens_per_s']:.1f}", f"{e['sentences_per_s']:.2f}",
+                         ratio, vs_hf, f"{e['identical']}/{e['n']}",
+                         f"{e['chrf++']:.2f}"])  # fmt: skip
+        header = ["setting", "tokens/s", "sentences/s", f"× `{REFERENCE}`", "× HF generate",
+                  "identical to reference", "chrF++"]  # fmt: skip
+        lines += _common.md_table(header, ["l", "r", "r", "r", "r", "r", "r"], rows)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, default=200, help="sentences per direction (200)")
+    parser.add_argument("--directions", nargs="+", default=["arb_Arab->arz_Arab",
+                                                             "arb_Arab->ary_Arab"])  # fmt: skip
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--adapter", default=None, help="a peft adapter folder")
+    parser.add_argument("--out", type=Path, default=_common.ROOT / "benchmarks" / "results" /
+                        "eval_speed.json")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    from vardecouple.model import load_model
+
+    loaded = load_model("gemma3-270m")
+    model, tok = loaded.model, loaded.tokenizer
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).eval()
+    report: dict[str, Any] = {}
+    if args.out.exists():
+        report = json.loads(args.out.read_text(encoding="utf-8"))
+        if report.get("n") != args.n or report.get("adapter") != args.adapter:
+            raise SystemExit(f"{args.out}: made with another --n or --adapter; use another --out")
+    report.setdefault("n", args.n)
+    report.setdefault("adapter", args.adapter)
+    report.setdefault("results", {})
+    report["directions"] = sorted(set(report.get("directions", [])) | set(args.directions))
+    sitting = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report.setdefault("sittings", []).append({
+        "sitting": sitting, "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": _common.machine("transformers"), "git": _common.git_state()})  # fmt: skip
+    examples = load_examples(args.directions, args.n)
+    order = [REFERENCE] + [s for s in args.settings if s != REFERENCE]
+    for direction, rows in examples.items():
+        prompts = [format_example(ex)[0] for ex in rows]
+        sources = [ex.src_text for ex in rows]
+        refs = [ex.tgt_text for ex in rows]
+        ref = report["results"].get(f"{REFERENCE}|{direction}")
+        for name in order:
+            key = f"{name}|{direction}"
+            if key in report["results"]:
+                continue
+            got = run_setting(name, model, tok, prompts, sources)
+            if name == REFERENCE:
+                ref = got | {"sitting": sitting}
+            tokens = sum(len(tok.encode(h, add_special_tokens=False)) + 1
+                         for h in ref["hypotheses"])  # fmt: skip
+            same = sum(a == b for a, b in zip(got["hypotheses"], ref["hypotheses"], strict=True))
+            report["results"][key] = got | {
+                "sitting": sitting,
+                "n": len(rows),
+                "tokens": tokens,
+                "tokens_per_s": tokens / got["seconds"],
+                "sentences_per_s": len(rows) / got["seconds"],
+                "identical": same,
+                "chrf++": corpus_scores(got["hypotheses"], refs)["chrf++"],
+            }
+            _common.write_json(args.out, report)
+            e = report["results"][key]
+            print(f"{key}: {e['seconds']:.1f} s, {e['tokens_per_s']:.1f} tok/s, "
+                  f"{same}/{len(rows)} identical, chrF++ {e['chrf++']:.2f}",
+                  flush=True)  # fmt: skip
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
