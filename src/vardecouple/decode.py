@@ -335,7 +335,8 @@ def _greedy_slots(
             left[i] = budgets[r] - len(out[r])
         mask = torch.cat([mask, chunk], dim=1)
         if done:
-            keep = [i for i in range(len(active)) if i not in set(done)]
+            gone = set(done)
+            keep = [i for i in range(len(active)) if i not in gone]
             if keep:
                 cache.batch_select_indices(torch.tensor(keep, device=device))
                 mask = mask[keep]
