@@ -117,6 +117,28 @@ def mini_config() -> str:
     return MINI_CONFIG
 
 
+def decoding_setup(test_rows: int, probe_rows: int = 20):
+    """The spread tiny model on German–Low German, its splits, and the first ``test_rows``
+    test examples' prompts and sources: what the decoding and erasure tests decode."""
+    from vardecouple.data import format_example, load_corpus, make_splits
+
+    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
+    model, tok = spread_tiny_model(corpus)  # any padding leak would show
+    splits = make_splits(
+        [corpus],
+        standard="deu_Latn",
+        varieties=["nds_Latn"],
+        directions="standard<->variety",
+        dev_rows=20,
+        probe_rows=probe_rows,
+        test_rows=test_rows,
+        seed=0,
+    )
+    ex = splits.test[:test_rows]
+    prompts = [format_example(e)[0] for e in ex]
+    return model, tok, splits, prompts, [e.src_text for e in ex]
+
+
 def spread_tiny_model(corpus):
     """A float64 tiny-random model on ``corpus`` with its weights spread (N(0, 0.2)):
     at the default scale it emits one token forever, so hypotheses would not differ."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CORPORA, spread_tiny_model
-from vardecouple.data import format_example, load_corpus, make_splits
+from conftest import decoding_setup
 from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -14,21 +13,8 @@ pytestmark = pytest.mark.usefixtures("corpora")
 
 @pytest.fixture(scope="module")
 def setup():
-    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    model, tok = spread_tiny_model(corpus)  # any padding leak would show
-    splits = make_splits(
-        [corpus],
-        standard="deu_Latn",
-        varieties=["nds_Latn"],
-        directions="standard<->variety",
-        dev_rows=20,
-        probe_rows=20,
-        test_rows=32,
-        seed=0,
-    )
-    ex = splits.test[:32]
-    prompts = [format_example(e)[0] for e in ex]
-    return model, tok, prompts, [e.src_text for e in ex]
+    model, tok, _, prompts, sources = decoding_setup(test_rows=32)
+    return model, tok, prompts, sources
 
 
 def test_batch_size_does_not_change_hypotheses_in_float64(setup) -> None:

@@ -56,8 +56,9 @@ def test_demo_report_has_every_section_and_plot(demo_dir: Path) -> None:
             assert len(said) == 1, (arm, mean, said)
             assert said[0].endswith(f"): {verdict} at 0.05."), (arm, mean, p, said[0])
             stated += 1
-    assert {"decoupled", "random"} <= {a for a, per in results["deltas"].items()
-                                       if "chrf++" in per.get("mean_low_resource", {})}
+    assert {"decoupled", "random"} <= {
+        a for a, per in results["deltas"].items() if "chrf++" in per.get("mean_low_resource", {})
+    }
     assert stated >= 2
     for plot in PLOTS:
         assert (run / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

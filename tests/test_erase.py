@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CORPORA, MINI_CONFIG, spread_tiny_model
+from conftest import MINI_CONFIG, decoding_setup
 from vardecouple.cli import main
-from vardecouple.data import format_example, load_corpus, make_splits
 from vardecouple.decode import DecodeConfig, decode
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.erase import EraseConfig, Erasure, erasing, fit_erasure, later_overlaps
@@ -24,21 +23,7 @@ TOL = 1e-7  # the library keeps fp32 states and subspaces, fp64 here: measured â
 
 @pytest.fixture(scope="module")
 def setup():
-    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    model, tok = spread_tiny_model(corpus)
-    splits = make_splits(
-        [corpus],
-        standard="deu_Latn",
-        varieties=["nds_Latn"],
-        directions="standard<->variety",
-        dev_rows=20,
-        probe_rows=80,
-        test_rows=16,
-        seed=0,
-    )
-    ex = splits.test[:16]
-    prompts = [format_example(e)[0] for e in ex]
-    return model, tok, splits, prompts, [e.src_text for e in ex]
+    return decoding_setup(test_rows=16, probe_rows=80)
 
 
 def _fit(setup, alpha: float, layers=(1,)) -> tuple[Erasure, EraseConfig]:

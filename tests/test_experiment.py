@@ -43,6 +43,17 @@ def test_results_follow_the_schema_and_the_contract(finished: Path) -> None:
     assert "mean_low_resource" in results["deltas"]["decoupled"]
     assert "standard" not in results["deltas"]
     assert results["provenance"]["command"] == ""
+    decoding = results["decoding"]
+    assert decoding["exact"] is True and decoding["approximations"] == []
+    assert decoding["settings"] == {
+        "batch_size": 16,
+        "continuous": True,
+        "lookup_tokens": 4,
+        "num_beams": 1,
+        "dtype": "fp32",
+    }  # the CPU defaults
+    assert all(run["decoding"]["exact"] for arm, per in results["runs"].items() if arm != "copy"
+               for run in per.values())  # fmt: skip
     # the summary is the mean over the seeds' own numbers
     runs = results["runs"]["decoupled"]
     for d in results["directions"]:

@@ -120,7 +120,7 @@ def test_the_config_trust_remote_code_reaches_from_pretrained(
     (tmp_path / "c.toml").write_text(
         f'name = "t"\n[data]\nroot = "{tmp_path}"\ncorpora = [{{ path = "c" }}]\n'
         f'standard = "deu_Latn"\nvarieties = ["nds_Latn"]\n[model]\nspec = "{spec}"\n{line}'
-        '[arms.standard]\npenalize = false\n'
+        "[arms.standard]\npenalize = false\n"
     )
     config = load_config(tmp_path / "c.toml")
     loaded = load_base(config, splits=None)

@@ -189,7 +189,8 @@ def _eval(args: argparse.Namespace) -> int:
         erase=erase,
         command=_command_line(),
     )
-    print(f"scores: {out}")
+    if out is not None:  # the main process (the only one under torchrun)
+        print(f"scores: {out}")
     return 0
 
 

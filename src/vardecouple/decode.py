@@ -17,13 +17,23 @@ occurrence, in the prompt or the output so far, of the output's last n-gram) and
 verifies them in the same forward pass, keeping the draft prefix that equals the
 model's own argmax. Both pick the tokens greedy decoding picks; only float rounding
 (other matrix shapes) can move an argmax whose top-2 logits are nearly tied.
+
+Two approximations, opt-in (they can change hypotheses; a run records them):
+``dtype = "bf16"`` decodes with the weights cast to bfloat16 for the call (the
+float32 weights are put back afterwards, untouched; a shortlist's few head rows keep
+the model's own dtype); a **shortlist** of output tokens
+(``decode(shortlist=…)``, e.g. the tokens of the training targets in the target
+variety) takes each row's argmax over that set plus the row's own prompt tokens and the
+stop tokens, computing the LM head only for their union instead of the whole
+vocabulary (262,144 rows on Gemma 3).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +43,9 @@ from torch import nn
 from vardecouple.data.prompts import _prompt_ids
 from vardecouple.progress import progress as progress_bar
 
-__all__ = ["DecodeConfig", "decode", "left_padded", "prompt_ids", "stop_ids"]
+__all__ = ["DTYPES", "DecodeConfig", "decode", "left_padded", "prompt_ids", "stop_ids"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,12 @@ class DecodeConfig:
     continuous: bool = False  # refill freed rows from the queue (batch_size = slots)
     lookup_tokens: int = 0  # prompt-lookup drafts of this many tokens (0: off)
     lookup_ngram: int = 3  # longest n-gram of the output tail searched in the prompt
+    # parameters cast to this dtype while decoding ("bf16": approximate); None: as they are
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"decode: dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
         if self.lookup_tokens < 0 or self.lookup_ngram < 1:
             raise ValueError(
                 f"decode: lookup_tokens={self.lookup_tokens} must be ≥ 0 and "
@@ -122,31 +138,105 @@ def _cache_argument(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+@contextmanager
+def _weights_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block ``model``'s floating-point parameters are ``dtype`` copies (None:
+    as they are); the original tensors are put back afterwards (no round trip)."""
+    params = [p for p in model.parameters()
+              if dtype is not None and p.is_floating_point() and p.dtype != dtype]  # fmt: skip
+    originals = [p.data for p in params]
+    try:
+        for p in params:
+            p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, t in zip(params, originals, strict=True):
+            p.data = t
+
+
+@dataclass
+class _Shortlist:
+    """The LM head cut to ``ids`` (the union of every row's allowed tokens, sorted);
+    ``allowed[r]`` marks the ones row ``r`` may pick."""
+
+    body: nn.Module
+    ids: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    allowed: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, model: nn.Module, rows: Sequence[Sequence[int]], common: Collection[int]
+    ) -> _Shortlist:
+        """Row ``r`` may pick ``common`` and its own prompt tokens ``rows[r]``."""
+        head = model.get_output_embeddings()
+        if not isinstance(head, nn.Linear) or hasattr(head, "base_layer"):
+            raise ValueError(
+                "decode: an output-vocabulary shortlist needs a plain nn.Linear LM head "
+                f"(this model's is {type(head).__name__}: an adapter on it?)"
+            )
+        vocab = head.weight.shape[0]
+        common = {t for t in common if 0 <= t < vocab}
+        union = sorted(common.union(*({t for t in r if 0 <= t < vocab} for r in rows)))
+        column = {t: j for j, t in enumerate(union)}
+        allowed = torch.zeros((len(rows), len(union)), dtype=torch.bool)
+        allowed[:, [column[t] for t in common]] = True
+        for r, row in enumerate(rows):
+            allowed[r, [column[t] for t in set(row) if t in column]] = True
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        device = head.weight.device
+        ids = torch.tensor(union, dtype=torch.long, device=device)
+        bias = head.bias[ids] if head.bias is not None else None
+        return cls(base.get_decoder(), ids, head.weight[ids], bias, allowed.to(device))
+
+
+def _next_tokens(
+    model: nn.Module, shortlist: _Shortlist | None, which: torch.Tensor, keep: int, **inputs: Any
+) -> tuple[Any, torch.Tensor]:
+    """One forward pass; returns its cache and the argmax token ids at the last ``keep``
+    positions (``[rows, keep]``), over the shortlist's tokens allowed to rows ``which``
+    when there is one (a final soft-cap of the logits is monotone: it cannot move the
+    argmax, so the body's hidden states and the cut head are all it takes)."""
+    cache_arg = _cache_argument(model)
+    if shortlist is None:
+        result = model(**inputs, use_cache=True, logits_to_keep=keep)
+        return result.get(cache_arg), result.logits[:, -keep:].argmax(-1)
+    result = shortlist.body(**inputs, use_cache=True)
+    hidden = result.last_hidden_state[:, -keep:]
+    weight = shortlist.weight
+    scores = torch.nn.functional.linear(hidden.to(weight.dtype), weight, shortlist.bias)
+    scores = scores.masked_fill(~shortlist.allowed[which][:, None, :], float("-inf"))
+    return result.get(cache_arg), shortlist.ids[scores.argmax(-1)]
+
+
 @torch.no_grad()
 def _greedy_batch(
-    model: nn.Module, rows: list[list[int]], budgets: list[int], stops: torch.Tensor, pad: int
+    model: nn.Module,
+    rows: list[list[int]],
+    budgets: list[int],
+    stops: torch.Tensor,
+    pad: int,
+    shortlist: _Shortlist | None = None,
+    which: torch.Tensor | None = None,
 ) -> list[list[int]]:
+    """Static-batch greedy decoding; ``which[k]``: row ``k``'s row in ``shortlist``."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_padded(rows, pad))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out: list[list[int]] = [[] for _ in rows]
     alive = torch.arange(len(rows), device=device)  # original row of each batch row
+    which = which.to(device) if which is not None else alive
     left = torch.tensor(budgets, device=device)
     cache = None
     step_ids, step_pos = ids, positions
     stops = stops.to(device)
     cache_arg = _cache_argument(model)
     while True:
-        result = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=step_pos,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_arg: cache},
-        )
-        cache = result[cache_arg] if cache_arg in result else None
-        token = result.logits[:, -1].argmax(-1)
+        cache, token = _next_tokens(model, shortlist, which[alive], 1, input_ids=step_ids,
+                                    attention_mask=mask, position_ids=step_pos,
+                                    **{cache_arg: cache})  # fmt: skip
+        token = token[:, -1]
         for k, row in enumerate(alive.tolist()):
             out[row].append(int(token[k]))
         left = left - 1
@@ -218,6 +308,7 @@ def _greedy_slots(
     config: DecodeConfig,
     on_done: Any = None,
     stats: dict[str, int] | None = None,
+    shortlist: _Shortlist | None = None,
 ) -> list[list[int]]:
     """Greedy decoding of every row with ``config.batch_size`` slots refilled from the
     queue as rows finish (``continuous``) and prompt-lookup drafts (``lookup_tokens``).
@@ -251,10 +342,10 @@ def _greedy_slots(
         nonlocal cache, mask
         ids, m = (t.to(device) for t in left_padded([rows[r] for r in new], pad))
         positions = (m.cumsum(-1) - 1).clamp(min=0)
-        result = model(input_ids=ids, attention_mask=m, position_ids=positions, use_cache=True,
-                       logits_to_keep=1, **{cache_arg: None})  # fmt: skip
-        fresh = result[cache_arg]
-        first = result.logits[:, -1].argmax(-1).tolist()
+        fresh, first = _next_tokens(model, shortlist, torch.tensor(new, device=device), 1,
+                                    input_ids=ids, attention_mask=m, position_ids=positions,
+                                    **{cache_arg: None})  # fmt: skip
+        first = first[:, -1].tolist()
         keep = []
         for j, r in enumerate(new):
             if emit(r, first[j]):
@@ -262,12 +353,12 @@ def _greedy_slots(
                     on_done(1)
             else:
                 keep.append(j)
+        if not keep:  # every new row ended at its first token
+            return
         if len(keep) < len(new):
-            fresh.batch_select_indices(torch.tensor(keep, device=device))
+            fresh.batch_select_indices(torch.tensor(keep, dtype=torch.long, device=device))
             m = m[keep]
         new = [new[j] for j in keep]
-        if not new:
-            return
         if cache is None or not active:
             cache, mask = fresh, m
         else:
@@ -304,11 +395,10 @@ def _greedy_slots(
             chunk[i, : 1 + len(d)] = 1
         positions = torch.tensor(pos)[:, None] + torch.arange(width)[None, :]
         ids, chunk, positions = ids.to(device), chunk.to(device), positions.to(device)
-        result = model(input_ids=ids, attention_mask=torch.cat([mask, chunk], dim=1),
-                       position_ids=positions, use_cache=True, logits_to_keep=width,
-                       **{cache_arg: cache})  # fmt: skip
-        cache = result[cache_arg]
-        best = result.logits.argmax(-1).tolist()
+        cache, best = _next_tokens(model, shortlist, torch.tensor(active, device=device), width,
+                                   input_ids=ids, attention_mask=torch.cat([mask, chunk], dim=1),
+                                   position_ids=positions, **{cache_arg: cache})  # fmt: skip
+        best = best.tolist()
         if stats is not None:
             stats["forward_passes"] = stats.get("forward_passes", 0) + 1
             stats["drafted"] = stats.get("drafted", 0) + sum(len(d) for d in drafts)
@@ -383,17 +473,22 @@ def decode(
     sources: Sequence[str] | None = None,
     config: DecodeConfig | None = None,
     *,
+    shortlist: Collection[int] | None = None,
     progress: bool = True,
     desc: str = "decode",
     stats: dict[str, int] | None = None,
 ) -> list[str]:
     """Hypotheses for ``prompts`` (in their order); budgets from ``sources``' token counts.
 
-    ``stats`` (a dict), with continuous batching or prompt lookup, is filled with counts:
-    ``forward_passes``, ``drafted`` and ``accepted`` draft tokens, ``repacks``."""
+    ``shortlist`` (token ids; approximate, greedy only): each row's argmax is taken over
+    these, its own prompt tokens and the stop tokens. ``stats`` (a dict) is filled with
+    counts: ``forward_passes``, ``drafted`` and ``accepted`` draft tokens, ``repacks``
+    (continuous batching or prompt lookup) and ``shortlist_tokens`` (the union's size)."""
     config = config or DecodeConfig()
     if sources is not None and len(sources) != len(prompts):
         raise ValueError(f"decode: {len(prompts)} prompts but {len(sources)} sources")
+    if shortlist is not None and config.num_beams > 1:
+        raise ValueError("decode: a shortlist works with greedy decoding only (num_beams = 1)")
     if not prompts:
         return []
     contexts = [prompt_ids(tokenizer, p, config.max_prompt_tokens) for p in prompts]
@@ -410,25 +505,33 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        bar = progress_bar(total=len(prompts), desc=desc, disable=not progress, leave=False)
-        if config.num_beams == 1 and (config.continuous or config.lookup_tokens):
-            got = _greedy_slots(model, [contexts[i] for i in order], [budgets[i] for i in order],
-                                stops, pad, config, on_done=bar.update, stats=stats)  # fmt: skip
-            for i, tokens in zip(order, got, strict=True):
-                results[i] = tokens
-            order = []
-        for start in range(0, len(order), config.batch_size):
-            chunk = order[start : start + config.batch_size]
-            rows = [contexts[i] for i in chunk]
-            budget = [budgets[i] for i in chunk]
-            if config.num_beams > 1:
-                got = _beam_batch(model, rows, budget, stops, pad, config.num_beams)
-            else:
-                got = _greedy_batch(model, rows, budget, stop_tensor, pad)
-            for i, tokens in zip(chunk, got, strict=True):
-                results[i] = tokens
-            bar.update(len(chunk))
-        bar.close()
+        head = None
+        if shortlist is not None:  # rows in decoding order; the head's rows keep their dtype
+            head = _Shortlist.build(model, [contexts[i] for i in order], {*shortlist, *stops})
+            if stats is not None:
+                stats["shortlist_tokens"] = len(head.ids)
+        with _weights_in(model, DTYPES.get(config.dtype or "")):
+            bar = progress_bar(total=len(prompts), desc=desc, disable=not progress, leave=False)
+            if config.num_beams == 1 and (config.continuous or config.lookup_tokens):
+                got = _greedy_slots(model, [contexts[i] for i in order],
+                                    [budgets[i] for i in order], stops, pad, config,
+                                    on_done=bar.update, stats=stats, shortlist=head)  # fmt: skip
+                for i, tokens in zip(order, got, strict=True):
+                    results[i] = tokens
+                order = []
+            for start in range(0, len(order), config.batch_size):
+                chunk = order[start : start + config.batch_size]
+                rows = [contexts[i] for i in chunk]
+                budget = [budgets[i] for i in chunk]
+                if config.num_beams > 1:
+                    got = _beam_batch(model, rows, budget, stops, pad, config.num_beams)
+                else:
+                    which = torch.arange(start, start + len(chunk))
+                    got = _greedy_batch(model, rows, budget, stop_tensor, pad, head, which)
+                for i, tokens in zip(chunk, got, strict=True):
+                    results[i] = tokens
+                bar.update(len(chunk))
+            bar.close()
     finally:
         model.train(was_training)
     texts = tokenizer.batch_decode(results, skip_special_tokens=True)

@@ -11,12 +11,18 @@ interval of chrF++, and the share of hypotheses that a character n-gram variety
 identifier, trained on the training side of the corpus, recognises as the target
 variety (and as the standard): between close varieties chrF++ alone rewards copying
 the source.
+
+Decoding is exact greedy search unless ``[eval]`` turns on an approximation
+(:func:`decoding_record` says which, and every results file records it): ``dtype =
+"bf16"`` or ``shortlist = "train-targets"`` (each direction's argmax over the tokens of
+the training targets in its target variety, :func:`target_shortlists`, plus the
+sentence's own prompt tokens and the stop tokens).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +34,14 @@ from vardecouple.varietyid import VarietyIdentifier
 
 __all__ = [
     "comet_score",
+    "decoding_record",
     "direction_kinds",
+    "eval_device",
     "evaluate_model",
     "read_lines",
     "require_comet",
     "score_hypotheses",
+    "target_shortlists",
     "test_sets",
     "train_identifier",
     "write_lines_atomic",
@@ -173,6 +182,36 @@ def score_hypotheses(
     return out
 
 
+def target_shortlists(
+    tokenizer: Any, train: Sequence[Example], directions: Iterable[str], template: str = "plain"
+) -> dict[str, frozenset[int]]:
+    """Per test direction ``src->tgt``: the token ids of every training target in ``tgt``,
+    tokenised as training tokenises targets (empty when no training row targets ``tgt``)."""
+    by_target: dict[str, set[int]] = {}
+    for ex in train:
+        target = format_example(ex, template, tokenizer)[1]
+        by_target.setdefault(ex.tgt, set()).update(
+            tokenizer.encode(target, add_special_tokens=False)
+        )
+    return {d: frozenset(by_target.get(d.split("->")[-1], ())) for d in directions}
+
+
+def decoding_record(
+    config: DecodeConfig, shortlist: str, shortlists: Mapping[str, Collection[int]] | None
+) -> dict[str, Any]:
+    """What a results file says about decoding: exact or which approximations were on."""
+    approximations = [f"dtype={config.dtype}"] if config.dtype == "bf16" else []
+    if shortlist != "off":
+        approximations.append(f"shortlist={shortlist}")
+    return {
+        "exact": not approximations,
+        "approximations": approximations,
+        "shortlist_tokens": {d: len(t) for d, t in shortlists.items()} if shortlists else None,
+        "settings": {k: getattr(config, k) for k in
+                     ("batch_size", "continuous", "lookup_tokens", "num_beams", "dtype")},
+    }  # fmt: skip
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -181,29 +220,68 @@ def evaluate_model(
     *,
     template: str = "plain",
     decode_config: DecodeConfig | None = None,
+    shortlists: Mapping[str, Collection[int]] | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, list[str]], float]:
     """Decode every direction into ``out_dir/hypotheses/<direction>.txt``, with the
-    sources and references beside it (:func:`write_test_files`).
+    sources and references beside it (:func:`write_test_files`); ``shortlists[d]``: the
+    output-vocabulary shortlist of direction ``d`` (approximate; see ``decode``).
 
     A direction whose hypotheses file already holds the right number of lines is read
     back, not decoded again (resume after a crash). Returns ``(hypotheses, seconds)``.
+
+    Under ``torchrun`` / ``accelerate launch`` (a process group of several processes)
+    each process decodes every ``world``-th sentence of each direction, longest source
+    first (so the shares cost alike), the hypotheses are gathered in test order on every
+    process, and only the main process writes files.
     """
     start = time.perf_counter()
+    rank, world = _process_share()
     hyps: dict[str, list[str]] = {}
     for direction, rows in tests.items():
-        write_test_files(Path(out_dir), direction, rows)
         path = Path(out_dir) / "hypotheses" / f"{direction}.txt"
+        if rank == 0:
+            write_test_files(Path(out_dir), direction, rows)
         if path.exists():
             try:
                 hyps[direction] = read_lines(path, len(rows))
                 continue
             except ValueError:
                 pass  # a different test size: decode again
-        prompts = [format_example(ex, template, tokenizer)[0] for ex in rows]
-        sources = [ex.src_text for ex in rows]
-        hyps[direction] = decode(
-            model, tokenizer, prompts, sources, decode_config, progress=progress, desc=direction
-        )
-        write_lines_atomic(path, hyps[direction])
+        by_length = sorted(range(len(rows)), key=lambda i: (-len(rows[i].src_text), i))
+        mine = by_length[rank::world]
+        prompts = [format_example(rows[i], template, tokenizer)[0] for i in mine]
+        sources = [rows[i].src_text for i in mine]
+        shortlist = shortlists[direction] if shortlists is not None else None
+        got = decode(model, tokenizer, prompts, sources, decode_config, shortlist=shortlist,
+                     progress=progress and rank == 0, desc=direction)  # fmt: skip
+        pairs = list(zip(mine, got, strict=True))
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            pairs = gather_object(pairs)
+        hyps[direction] = [h for _, h in sorted(pairs)]
+        if rank == 0:
+            write_lines_atomic(path, hyps[direction])
     return hyps, time.perf_counter() - start
+
+
+def _process_share() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in the process group; ``(0, 1)`` alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def eval_device() -> Any:
+    """Where to decode: this process's GPU (``LOCAL_RANK`` under torchrun) when CUDA is
+    available, else the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")

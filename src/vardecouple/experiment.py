@@ -112,10 +112,7 @@ def run_experiment(
             "run: runs in one process (decoding is not sharded); train arms on several "
             "processes with `torchrun … vardecouple train`, then evaluate them with `eval`"
         )
-    from vardecouple.evaluate import (
-        direction_kinds,
-        read_lines,
-    )
+    from vardecouple.evaluate import decoding_record, direction_kinds, read_lines
     from vardecouple.metrics import signatures
 
     out = Path(out_dir)
@@ -191,6 +188,7 @@ def run_experiment(
         "directions": {d: {"kind": kinds[d], "n": len(tests[d])} for d in tests},
         "variety_identifier": context.identifier_info,
         "bootstrap": {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed},
+        "decoding": decoding_record(context.decoding, ev.shortlist, None),
         "runs": runs,
         "summary": summarize(runs, list(tests)),
         "deltas": deltas,
@@ -387,19 +385,49 @@ def decode_config(config: ExperimentConfig) -> Any:
     from vardecouple.decode import DecodeConfig
 
     ev = config.eval
+    slots = 64 if torch.cuda.is_available() else 16  # see EvalSection.batch_size
     return DecodeConfig(
-        batch_size=ev.batch_size,
+        batch_size=ev.batch_size or slots,
         length_ratio=ev.length_ratio,
         max_new_tokens=ev.max_new_tokens,
         num_beams=ev.num_beams,
         continuous=ev.continuous,
         lookup_tokens=ev.lookup_tokens,
+        dtype=ev.dtype,
     )
+
+
+def _shortlists(config: ExperimentConfig, splits: Splits, tokenizer: Any, tests: Any) -> Any:
+    """``[eval] shortlist``'s token sets per test direction (None when off)."""
+    from vardecouple.evaluate import target_shortlists
+
+    if config.eval.shortlist == "off":
+        return None
+    return target_shortlists(tokenizer, splits.train, tests, config.data.template)
 
 
 def _worker(config: ExperimentConfig, out: Path, arm: str, seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
     _arm_seed(_context(config, out), arm, seed)
+
+
+def job_gpus(jobs: int, visible: str | None = None, count: int | None = None) -> list[str | None]:
+    """The GPU each of ``jobs`` worker processes sees (its ``CUDA_VISIBLE_DEVICES``): the
+    visible GPUs in turn (``visible``: the parent's ``CUDA_VISIBLE_DEVICES``, ``count``:
+    how many CUDA reports); ``None`` for every job when there is no GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if count is None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ids = [g.strip() for g in visible.split(",") if g.strip()] if visible else []
+    ids = ids[:count] if ids else [str(k) for k in range(count)]
+    return [ids[k % len(ids)] if ids else None for k in range(jobs)]
+
+
+def _pin_gpu(queue: Any) -> None:
+    """A job process's initializer: it sees only the GPU it is given (before CUDA starts)."""
+    gpu = queue.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def _parallel(
@@ -410,14 +438,20 @@ def _parallel(
     jobs: int,
     on_done: Any = None,
 ) -> None:
-    """Train and evaluate ``seeds`` of ``arm`` in ``jobs`` processes (spawned);
-    ``on_done(seed)`` is called as each one finishes."""
+    """Train and evaluate ``seeds`` of ``arm`` in ``jobs`` processes (spawned; each its
+    own GPU when several are visible, :func:`job_gpus`); ``on_done(seed)`` is called as
+    each one finishes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=context) as pool:
+    workers = min(jobs, len(seeds))
+    gpus = context.Queue()
+    for gpu in job_gpus(workers):  # with several GPUs each job has its own
+        gpus.put(gpu)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_pin_gpu,
+                             initargs=(gpus,)) as pool:  # fmt: skip
         futures = {pool.submit(_worker, config, out, arm, seed, threads): seed for seed in seeds}
         for future in as_completed(futures):
             future.result()  # re-raises a worker's error
@@ -453,6 +487,8 @@ def _reporter(out: Path, progress: bool, total: int, done: int) -> Any:
 def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
     """Train (or not) and evaluate one arm with one seed; writes its ``eval.json``."""
     from vardecouple.evaluate import (
+        decoding_record,
+        eval_device,
         evaluate_model,
         score_hypotheses,
         write_lines_atomic,
@@ -496,9 +532,12 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
             if ev.checkpoint == "best-dev":  # evaluate the kept adapter instead
                 del loaded, model
                 model, tokenizer = _trained(config, splits, run_dir)
+        model = model.to(eval_device())  # a GPU when there is one
         erasure = None
         if settings.kind == "erase":
             erasure, record["erasure"] = _erasure(config, arm, seed, model, tokenizer, splits)
+        shortlists = _shortlists(config, splits, tokenizer, tests)
+        record["decoding"] = decoding_record(ctx.decoding, ev.shortlist, shortlists)
         with erasing(model, erasure):
             hyps, eval_seconds = evaluate_model(
                 model,
@@ -507,6 +546,7 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
                 run_dir,
                 template=config.data.template,
                 decode_config=ctx.decoding,
+                shortlists=shortlists,
                 progress=ctx.progress,
             )
     if settings.kind == "train":
@@ -569,7 +609,7 @@ def evaluate_one(
     erase: Any = None,
     command: str = "",
     progress: bool = True,
-) -> Path:
+) -> Path | None:
     """``vardecouple eval``: one model (and adapter) on the config's test split.
 
     Writes ``hypotheses/<direction>.txt`` and ``scores.json`` (metrics per direction,
@@ -578,8 +618,19 @@ def evaluate_one(
     model (and adapter) itself from the config's probe split, decoding erases them, and
     ``scores.json`` has an ``erasure`` entry (layers, α, held-out overlaps at every
     later layer without and with erasure).
+
+    Under ``torchrun`` / ``accelerate launch`` the processes share the sentences
+    (:func:`~vardecouple.evaluate.evaluate_model`), each on its own GPU when there are
+    GPUs; the main process scores and writes (the others return None).
     """
-    from vardecouple.evaluate import evaluate_model, score_hypotheses, test_sets, train_identifier
+    from vardecouple.evaluate import (
+        decoding_record,
+        eval_device,
+        evaluate_model,
+        score_hypotheses,
+        test_sets,
+        train_identifier,
+    )
     from vardecouple.metrics import signatures
 
     out = Path(out_dir)
@@ -609,6 +660,12 @@ def evaluate_one(
                              f"{loaded.hidden_size}")  # fmt: skip
     if (out / "scores.json").exists():  # after the input checks: a typo is reported first
         raise FileExistsError(f"eval: {out / 'scores.json'} exists; choose another folder")
+    main_process = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: join the process group
+        from accelerate import PartialState
+
+        main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    net = net.to(eval_device())
     ev = config.eval
     erasure, erasure_info = None, None
     if erase is not None:
@@ -619,6 +676,8 @@ def evaluate_one(
             "estimator": erase.estimator,
             "later_overlap": later_overlaps(net, loaded.tokenizer, splits.probe, erasure, erase),
         }
+    decoding = decode_config(config)
+    shortlists = _shortlists(config, splits, loaded.tokenizer, tests)
     with erasing(net, erasure):
         hyps, seconds = evaluate_model(
             net,
@@ -626,9 +685,12 @@ def evaluate_one(
             tests,
             out,
             template=config.data.template,
-            decode_config=decode_config(config),
+            decode_config=decoding,
+            shortlists=shortlists,
             progress=progress,
         )
+    if not main_process:
+        return None
     metrics = score_hypotheses(
         hyps,
         tests,
@@ -642,6 +704,7 @@ def evaluate_one(
         "model": config.model.spec,
         "adapter": str(Path(adapter).resolve()) if adapter else None,
         "erasure": erasure_info,
+        "decoding": decoding_record(decoding, ev.shortlist, shortlists),
         "metrics": metrics,
         "signatures": signatures(),
         "variety_identifier": id_info,

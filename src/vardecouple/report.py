@@ -405,8 +405,11 @@ def _setup(run: _Run) -> list[str]:
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in vid.items()
     )
     boot = ", ".join(f"{k} {v}" for k, v in (res.get("bootstrap") or {}).items())
+    decoding = res.get("decoding")
+    how = ("not recorded" if decoding is None else "exact (no approximation)" if decoding["exact"]
+           else "APPROXIMATE (" + ", ".join(decoding["approximations"]) + ")")  # fmt: skip
     return [*out, f"- Variety identifier: {vid_txt or 'not recorded'}",
-            f"- Paired bootstrap: {boot or 'not recorded'}"]  # fmt: skip
+            f"- Paired bootstrap: {boot or 'not recorded'}", f"- Decoding: {how}"]  # fmt: skip
 
 
 def _scalar(v: Any) -> bool:

@@ -1,0 +1,131 @@
+r"""Where the time of a whole ``vardecouple eval`` goes (issue 14), resumable per direction.
+
+What it measures
+----------------
+``evaluate_one`` (what ``vardecouple eval --config CONFIG`` runs) on the config's test
+split, with wall-clock timers around each phase: preparing the data, training the variety
+identifier, loading the model, decoding each direction, and scoring — corpus chrF++/BLEU,
+the bootstrap interval and the identifier's rates — per direction. ``--set KEY=VALUE``
+overrides ``[eval]`` keys (e.g. ``--set max_examples=null`` for the full test split).
+
+**Resumable.** ``--out`` is an eval folder: a direction whose hypotheses are already
+there is read back, not decoded, and its decoding seconds are taken from
+``timings.json`` (written after every direction). The scores are recomputed each time
+(they are what this profiles too). The run stops at ``--max-minutes`` of decoding
+(after the direction that crosses it) so that it can be completed over several sittings.
+
+How to run
+----------
+::
+
+    .venv/bin/python benchmarks/eval_profile.py --config examples/arabic-flores.toml \
+        --set max_examples=null --out benchmarks/results/eval_profile_defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import vardecouple.evaluate as evaluate_module
+import vardecouple.experiment as experiment_module
+from vardecouple.config import load_config
+
+
+def _timed(module: Any, name: str, phase: str, spent: dict[str, float]) -> None:
+    """Wrap ``module.name`` so that its wall time adds to ``spent[phase]``."""
+    real = getattr(module, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent[phase] = spent.get(phase, 0.0) + time.perf_counter() - start
+
+    setattr(module, name, wrapper)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an [eval] key (JSON value), e.g. max_examples=null")  # fmt: skip
+    parser.add_argument("--adapter", default=None)
+    parser.add_argument("--out", type=Path, required=True, help="the eval folder")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after the direction crossing this much decoding")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config)
+    updates = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    config = config.model_copy(update={"eval": config.eval.model_copy(update=updates)})
+    timings_file = args.out / "timings.json"
+    timings: dict[str, Any] = (json.loads(timings_file.read_text(encoding="utf-8"))
+                               if timings_file.exists() else {})  # fmt: skip
+    if timings and timings.get("eval") != config.eval.model_dump():
+        raise SystemExit(f"{timings_file}: made with other [eval] settings; use another --out")
+    timings["eval"] = config.eval.model_dump()
+    timings.setdefault("decode_seconds", {})
+    timings.setdefault("sittings", []).append({
+        "sitting": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": _common.machine("transformers"), "git": _common.git_state()})  # fmt: skip
+
+    spent: dict[str, float] = {}
+    _timed(experiment_module, "prepare_data", "prepare data", spent)
+    _timed(evaluate_module, "train_identifier", "train variety identifier", spent)
+    _timed(experiment_module, "load_base", "load model", spent)
+    _timed(evaluate_module, "corpus_scores", "score: chrF++ and BLEU", spent)
+    _timed(evaluate_module, "bootstrap_ci", "score: bootstrap interval", spent)
+    _timed(evaluate_module.VarietyIdentifier, "rate_vs", "score: variety rates", spent)
+    _timed(evaluate_module.VarietyIdentifier, "target_rate", "score: variety rates", spent)
+    real_decode = evaluate_module.decode
+    budget = args.max_minutes * 60 if args.max_minutes else None
+
+    class Enough(Exception):
+        pass
+
+    def decode(*a: Any, desc: str = "decode", **kw: Any) -> list[str]:
+        if budget is not None and sum(timings["decode_seconds"].values()) >= budget:
+            raise Enough
+        start = time.perf_counter()
+        out = real_decode(*a, desc=desc, **kw)
+        timings["decode_seconds"][desc] = time.perf_counter() - start
+        timings.setdefault("sentences", {})[desc] = len(out)
+        _common.write_json(timings_file, timings)
+        return out
+
+    evaluate_module.decode = decode
+    scores = args.out / "scores.json"
+    scores.unlink(missing_ok=True)  # scored again on every sitting
+    start = time.perf_counter()
+    try:
+        experiment_module.evaluate_one(config, args.out, adapter=args.adapter, progress=True)
+    except Enough:
+        done = len(timings["decode_seconds"])
+        print(f"stopped after {done} directions ({args.max_minutes} min of decoding)")
+        return 0
+    wall = time.perf_counter() - start
+    record = json.loads(scores.read_text(encoding="utf-8"))
+    decoded = sum(timings["decode_seconds"].values())
+    phases = {k: v for k, v in spent.items()} | {"decode (all directions)": decoded}
+    timings |= {"phases_this_sitting": phases, "wall_this_sitting": wall,
+                "decoding": record["decoding"]}  # fmt: skip
+    _common.write_json(timings_file, timings)
+    rows = [[k, f"{v:.1f}", f"{100 * v / (sum(phases.values())):.1f}"] for k, v in
+            sorted(phases.items(), key=lambda kv: -kv[1])]  # fmt: skip
+    print("\n".join(_common.md_table(["phase", "seconds", "%"], ["l", "r", "r"], rows)))
+    print(f"sentences: {sum(timings['sentences'].values())}, decoding {decoded / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
