@@ -9,17 +9,19 @@ the bootstrap interval and the identifier's rates — per direction. ``--set KEY
 overrides ``[eval]`` keys (e.g. ``--set max_examples=null`` for the full test split).
 
 **Resumable.** ``--out`` is an eval folder: a direction whose hypotheses are already
-there is read back, not decoded, and its decoding seconds are taken from
-``timings.json`` (written after every direction). The scores are recomputed each time
-(they are what this profiles too). The run stops at ``--max-minutes`` of decoding
-(after the direction that crosses it) so that it can be completed over several sittings.
+there is read back, not decoded, and its decoding seconds are taken from the timings
+JSON (``--timings``, default ``OUT/timings.json``, written after every direction). The
+scores are recomputed each time (they are what this profiles too). The run stops at
+``--max-minutes`` of decoding (after the direction that crosses it) so that it can be
+completed over several sittings.
 
 How to run
 ----------
 ::
 
     .venv/bin/python benchmarks/eval_profile.py --config examples/arabic-flores.toml \
-        --set max_examples=null --out benchmarks/results/eval_profile_defaults
+        --adapter ADAPTER --out .bench/eval-defaults \
+        --timings benchmarks/results/eval_profile_defaults.json
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an [eval] key (JSON value), e.g. max_examples=null")  # fmt: skip
     parser.add_argument("--adapter", default=None)
-    parser.add_argument("--out", type=Path, required=True, help="the eval folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the eval folder (it holds corpus text: keep it out of git)",
+    )
+    parser.add_argument("--timings", type=Path, default=None,
+                        help="the timings JSON (default: OUT/timings.json)")  # fmt: skip
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop after the direction crossing this much decoding")  # fmt: skip
     args = parser.parse_args(argv)
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     updates = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     config = config.model_copy(update={"eval": config.eval.model_copy(update=updates)})
-    timings_file = args.out / "timings.json"
+    timings_file = args.timings or args.out / "timings.json"
     timings: dict[str, Any] = (json.loads(timings_file.read_text(encoding="utf-8"))
                                if timings_file.exists() else {})  # fmt: skip
     if timings and timings.get("eval") != config.eval.model_dump():

@@ -46,9 +46,9 @@ def test_results_follow_the_schema_and_the_contract(finished: Path) -> None:
     decoding = results["decoding"]
     assert decoding["exact"] is True and decoding["approximations"] == []
     assert decoding["settings"] == {
-        "batch_size": 16,
+        "batch_size": 32,
         "continuous": True,
-        "lookup_tokens": 4,
+        "lookup_tokens": 8,
         "num_beams": 1,
         "dtype": "fp32",
     }  # the CPU defaults

@@ -155,8 +155,8 @@ class ArmSection(DecouplerSection):
 class EvalSection(_Strict):
     """Decoding and scoring of every arm (``vardecouple run`` / ``eval``)."""
 
-    # sentences decoded at once (slots with `continuous`); unset: 16 on a CPU (the fastest
-    # measured on a 2-core CPU, BENCHMARKS.md), 64 on a GPU
+    # sentences decoded at once (slots with `continuous`); unset: 32 on a CPU (the fastest
+    # measured on a 2-core CPU, BENCHMARKS.md), 64 on a GPU (not measured)
     batch_size: int | None = Field(None, ge=1)
     length_ratio: float = Field(2.0, gt=0)
     max_new_tokens: int = Field(256, ge=1)
@@ -164,7 +164,7 @@ class EvalSection(_Strict):
     # exact speed-ups of greedy decoding (vardecouple.decode): refill rows as they finish
     # (batch_size = slots), and prompt-lookup drafts of this many tokens (0 = off)
     continuous: bool = True
-    lookup_tokens: int = Field(4, ge=0)
+    lookup_tokens: int = Field(8, ge=0)
     # approximations, recorded in results.json: weights in bfloat16 while decoding; the
     # argmax over the tokens of the training targets in the target variety (plus the
     # sentence's own prompt tokens and the stop tokens) instead of the whole vocabulary

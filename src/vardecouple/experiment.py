@@ -385,7 +385,7 @@ def decode_config(config: ExperimentConfig) -> Any:
     from vardecouple.decode import DecodeConfig
 
     ev = config.eval
-    slots = 64 if torch.cuda.is_available() else 16  # see EvalSection.batch_size
+    slots = 64 if torch.cuda.is_available() else 32  # see EvalSection.batch_size
     return DecodeConfig(
         batch_size=ev.batch_size or slots,
         length_ratio=ev.length_ratio,
