@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the timings JSON (default: OUT/timings.json)")  # fmt: skip
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop after the direction crossing this much decoding")  # fmt: skip
+    parser.add_argument("--score-only", action="store_true",
+                        help="time only data, identifier and scoring of the directions "
+                        "already decoded in OUT (decoding untouched)")  # fmt: skip
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     _timed(evaluate_module, "bootstrap_ci", "score: bootstrap interval", spent)
     _timed(evaluate_module.VarietyIdentifier, "rate_vs", "score: variety rates", spent)
     _timed(evaluate_module.VarietyIdentifier, "target_rate", "score: variety rates", spent)
+    if args.score_only:
+        return score_only(config, args.out, timings, timings_file, spent)
     real_decode = evaluate_module.decode
     budget = args.max_minutes * 60 if args.max_minutes else None
 
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         experiment_module.evaluate_one(config, args.out, adapter=args.adapter, progress=True)
     except Enough:
         done = len(timings["decode_seconds"])
+        timings["phases_before_decoding_this_sitting"] = dict(spent)
+        _common.write_json(timings_file, timings)
         print(f"stopped after {done} directions ({args.max_minutes} min of decoding)")
         return 0
     wall = time.perf_counter() - start
@@ -133,6 +140,32 @@ def main(argv: list[str] | None = None) -> int:
             sorted(phases.items(), key=lambda kv: -kv[1])]  # fmt: skip
     print("\n".join(_common.md_table(["phase", "seconds", "%"], ["l", "r", "r"], rows)))
     print(f"sentences: {sum(timings['sentences'].values())}, decoding {decoded / 60:.1f} min")
+    return 0
+
+
+def score_only(config: Any, out: Path, timings: dict, timings_file: Path, spent: dict) -> int:
+    """Time what ``evaluate_one`` does besides decoding, on the directions decoded so far."""
+    from vardecouple.evaluate import read_lines, test_sets
+
+    splits = experiment_module.prepare_data(config)
+    tests = test_sets(splits, config.eval.max_examples)
+    identifier, _ = evaluate_module.train_identifier(splits, tests, seed=config.data.seed)
+    done = {d: rows for d, rows in tests.items() if (out / "hypotheses" / f"{d}.txt").exists()}
+    hyps = {d: read_lines(out / "hypotheses" / f"{d}.txt", len(r)) for d, r in done.items()}
+    ev = config.eval
+    evaluate_module.score_hypotheses(
+        hyps,
+        done,
+        identifier,
+        config.data.standard,
+        n_samples=ev.bootstrap_samples,
+        seed=ev.bootstrap_seed,
+    )
+    timings["scoring"] = {"directions": sorted(done), "phases": dict(spent),
+                          "sentences": sum(len(r) for r in done.values())}  # fmt: skip
+    _common.write_json(timings_file, timings)
+    rows = [[k, f"{v:.1f}"] for k, v in sorted(spent.items(), key=lambda kv: -kv[1])]
+    print("\n".join(_common.md_table(["phase", "seconds"], ["l", "r"], rows)))
     return 0
 
 
