@@ -132,3 +132,15 @@ def test_vardecouple_eval_records_the_approximations_and_their_shortlists(tmp_pa
         ids = {t for ex in splits.train if ex.tgt == target
                for t in tok.encode(f" {ex.tgt_text}\n", add_special_tokens=False)}  # fmt: skip
         assert size == len(ids) > 0
+
+
+def test_a_shortlist_with_beams_is_a_config_error(tmp_path) -> None:
+    """Refused when the config is read, not after hours of training."""
+    from conftest import MINI_CORE
+    from vardecouple.config import ConfigError, load_config
+
+    text = MINI_CORE.replace("[eval]\n", '[eval]\nnum_beams = 2\nshortlist = "train-targets"\n')
+    (tmp_path / "b.toml").write_text(text)
+    with pytest.raises(ConfigError, match="greedy decoding only") as err:
+        load_config(tmp_path / "b.toml")
+    assert "\n" not in str(err.value)

@@ -170,6 +170,13 @@ class EvalSection(_Strict):
     # sentence's own prompt tokens and the stop tokens) instead of the whole vocabulary
     dtype: Literal["fp32", "bf16"] = "fp32"
     shortlist: Literal["off", "train-targets"] = "off"
+
+    @field_validator("shortlist")
+    @classmethod
+    def _greedy_only(cls, value: str, info: Any) -> str:
+        if value != "off" and info.data.get("num_beams", 1) > 1:
+            raise ValueError("a shortlist works with greedy decoding only (num_beams = 1)")
+        return value
     max_examples: int | None = Field(None, ge=1)  # per direction, first rows of the test split
     bootstrap_samples: int = Field(1000, ge=1000)
     bootstrap_seed: int = 0
