@@ -194,13 +194,17 @@ class _Shortlist:
 
 
 def _next_tokens(
-    model: nn.Module, shortlist: _Shortlist | None, which: torch.Tensor, keep: int, **inputs: Any
+    model: nn.Module,
+    shortlist: _Shortlist | None,
+    which: torch.Tensor,
+    keep: int,
+    cache_arg: str,
+    **inputs: Any,
 ) -> tuple[Any, torch.Tensor]:
     """One forward pass; returns its cache and the argmax token ids at the last ``keep``
     positions (``[rows, keep]``), over the shortlist's tokens allowed to rows ``which``
     when there is one (a final soft-cap of the logits is monotone: it cannot move the
     argmax, so the body's hidden states and the cut head are all it takes)."""
-    cache_arg = _cache_argument(model)
     if shortlist is None:
         result = model(**inputs, use_cache=True, logits_to_keep=keep)
         return result.get(cache_arg), result.logits[:, -keep:].argmax(-1)
@@ -235,9 +239,9 @@ def _greedy_batch(
     stops = stops.to(device)
     cache_arg = _cache_argument(model)
     while True:
-        cache, token = _next_tokens(model, shortlist, which[alive], 1, input_ids=step_ids,
-                                    attention_mask=mask, position_ids=step_pos,
-                                    **{cache_arg: cache})  # fmt: skip
+        cache, token = _next_tokens(model, shortlist, which[alive], 1, cache_arg,
+                                    input_ids=step_ids, attention_mask=mask,
+                                    position_ids=step_pos, **{cache_arg: cache})  # fmt: skip
         token = token[:, -1]
         for k, row in enumerate(alive.tolist()):
             out[row].append(int(token[k]))
@@ -345,8 +349,8 @@ def _greedy_slots(
         ids, m = (t.to(device) for t in left_padded([rows[r] for r in new], pad))
         positions = (m.cumsum(-1) - 1).clamp(min=0)
         fresh, first = _next_tokens(model, shortlist, torch.tensor(new, device=device), 1,
-                                    input_ids=ids, attention_mask=m, position_ids=positions,
-                                    **{cache_arg: None})  # fmt: skip
+                                    cache_arg, input_ids=ids, attention_mask=m,
+                                    position_ids=positions, **{cache_arg: None})  # fmt: skip
         first = first[:, -1].tolist()
         keep = []
         for j, r in enumerate(new):
@@ -398,7 +402,8 @@ def _greedy_slots(
         positions = torch.tensor(pos)[:, None] + torch.arange(width)[None, :]
         ids, chunk, positions = ids.to(device), chunk.to(device), positions.to(device)
         cache, best = _next_tokens(model, shortlist, torch.tensor(active, device=device), width,
-                                   input_ids=ids, attention_mask=torch.cat([mask, chunk], dim=1),
+                                   cache_arg, input_ids=ids,
+                                   attention_mask=torch.cat([mask, chunk], dim=1),
                                    position_ids=positions, **{cache_arg: cache})  # fmt: skip
         best = best.tolist()
         if stats is not None:
