@@ -1,5 +1,6 @@
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,13 @@ def spread_tiny_model(corpus):
             if p.dim() == 2:
                 p.normal_(0, 0.2, generator=g)
     return model, tok
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A labelled probe sentence (0 = the standard) of aligned row ``group``."""
+
+    text: str
+    variety: str
+    label: int
+    group: int

@@ -1,23 +1,13 @@
 """OnlineDecoupler on a tiny random Llama: schedule, refresh, reference, penalty, resume."""
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
-from conftest import CORPORA
+from conftest import CORPORA, Sentence
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
 from vardecouple.model import capture, load_model
 
 pytestmark = pytest.mark.usefixtures("corpora")
-
-
-@dataclass(frozen=True)
-class Sentence:
-    text: str
-    variety: str
-    label: int
-    group: int
 
 
 def _lines(folder: str, code: str, n: int) -> list[str]:

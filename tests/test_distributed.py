@@ -4,7 +4,7 @@ single-process fit on the union of the shards (largest principal angle ≤ 1e-4�
 float32 basis can promise; measured 1.2e-14°); the variational probe agrees with the
 single-process fit within the seed-to-seed spread; the decoupler shards its probe rows and
 matches the single-process subspace (≤ 1e-4°, measured 3.4e-6°) and overlaps (≤ 1e-6,
-measured 3e-8)."""
+measured 3e-8), each process measuring only its share of the held-out rows."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def _refresh(build_only: bool = False):
     model, tok = tiny_random([t for row in corpus.rows[:500] for t in row.values()])
     assert len(model.model.layers) == 4
     log = dec.refresh(model, tok, step=0)
-    return {"basis": dec.subspaces[1].basis, "overlap": log["overlap"], "fit_rows": len(dec.fit_on)}
+    return {"basis": dec.subspaces[1].basis, "overlap": log["overlap"], "fit_rows": len(dec.fit_on),
+            "measure_rows": [s.text for s in dec.measure]}  # fmt: skip
 
 
 def _largest_angle(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -137,6 +138,12 @@ def test_the_decoupler_shards_its_rows_and_matches_one_process(ranks) -> None:
     )
     angle = _largest_angle(ranks[0]["decoupler"]["basis"], single["basis"])
     assert angle <= ANGLE, angle
+    # the held-out rows are split too: each process measures its share, none twice
+    held = [r["decoupler"]["measure_rows"] for r in ranks]
+    assert held[0] and held[1] and not set(held[0]) & set(held[1])
+    assert sorted(held[0] + held[1]) == sorted(single["measure_rows"])
+    # ... and the summed numerators/denominators give the one-process overlaps on both
+    assert ranks[0]["decoupler"]["overlap"] == ranks[1]["decoupler"]["overlap"]
     for variety, o in single["overlap"]["1"].items():
         for which in ("own", "reference"):
             assert ranks[0]["decoupler"]["overlap"]["1"][variety][which] == pytest.approx(

@@ -99,6 +99,7 @@ class TrainSection(_Strict):
     max_grad_norm: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)
     trim_vocab: bool = False
+    dtype: Literal["fp32", "bf16"] | None = None
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 
@@ -118,6 +119,8 @@ class DecouplerSection(_Strict):
     measure_fraction: float = Field(0.25, gt=0, lt=1)
     context: Literal["sentence", "prompt"] = "sentence"
     probe_batch_size: int = Field(16, ge=1)
+    probe_dtype: Literal["fp32", "bf16"] = "fp32"
+    fit_fraction: float = Field(1.0, gt=0, le=1)
 
     @field_validator("estimator", "reference_estimator")
     @classmethod
@@ -177,6 +180,7 @@ class EvalSection(_Strict):
         if value != "off" and info.data.get("num_beams", 1) > 1:
             raise ValueError("a shortlist works with greedy decoding only (num_beams = 1)")
         return value
+
     max_examples: int | None = Field(None, ge=1)  # per direction, first rows of the test split
     bootstrap_samples: int = Field(1000, ge=1000)
     bootstrap_seed: int = 0

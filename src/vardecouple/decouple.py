@@ -44,7 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from vardecouple.subspace import Subspace, make_estimator
+from vardecouple.states import folded_weights
+from vardecouple.subspace import Subspace, make_estimator, overlap_ratio
 
 __all__ = [
     "PENALTY_FORMS",
@@ -131,6 +132,12 @@ class DecouplerConfig:
     standard. ``layers=None`` means the middle layer ``L // 2``. ``context``: the probe
     reads raw sentences (``"sentence"``, the paper) or the target tokens of translation
     prompts built from the probe rows (``"prompt"``: the states the penalty sees).
+
+    Two opt-in approximations make a refresh cheaper (each is recorded in the config the
+    run saves): ``probe_dtype = "bf16"`` reads the probe states with bf16 weights, and
+    ``fit_fraction < 1`` lets every refresh after step 0 fit on a fresh seeded draw of
+    that fraction of the fit rows (by aligned row). Step 0 (the first fit and the
+    reference ``U₀``) and the held-out overlaps always read every row.
     """
 
     estimator: str = "variational"
@@ -149,6 +156,8 @@ class DecouplerConfig:
     context: Literal["sentence", "prompt"] = "sentence"
     probe_batch_size: int = 16
     max_length: int = 128
+    probe_dtype: Literal["fp32", "bf16"] = "fp32"
+    fit_fraction: float = 1.0
     seed: int = 0
     match_penalty: float | None = None  # set λ at step 0 so that λ·L(step 0) equals this
 
@@ -165,6 +174,14 @@ class DecouplerConfig:
             (0 < self.measure_fraction < 1, "measure_fraction must lie in (0, 1)"),
             (self.context in ("sentence", "prompt"), f"unknown context {self.context!r}"),
             (self.match_penalty is None or self.match_penalty > 0, "match_penalty must be > 0"),
+            (
+                self.probe_dtype in ("fp32", "bf16"),
+                f"probe_dtype must be 'fp32' or 'bf16', got {self.probe_dtype!r}",
+            ),
+            (
+                0 < self.fit_fraction <= 1,
+                f"fit_fraction must lie in (0, 1], got {self.fit_fraction}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -193,8 +210,9 @@ class OnlineDecoupler:
         random.Random(config.seed).shuffle(keys)
         held = set(keys[: max(1, round(config.measure_fraction * len(keys)))])
         is_held = [k in held for k in key]
-        self.measure = [s for s, h in zip(probe, is_held, strict=True) if h]
+        self._held_rows = [(s, k) for s, k, h in zip(probe, key, is_held, strict=True) if h]
         self._fit_rows = [(s, k) for s, k, h in zip(probe, key, is_held, strict=True) if not h]
+        self.varieties = sorted({s.variety for s, _ in self._held_rows})
         self._num_classes = max(labels) + 1
         self.distribute()
         self.subspaces: dict[int, Subspace] = {}
@@ -203,22 +221,29 @@ class OnlineDecoupler:
         self.lam = config.lam
 
     def distribute(self) -> None:
-        """Take this process's shard of the fit rows and (re)build the estimators.
+        """Take this process's shard of the probe rows and (re)build the estimators.
 
-        In one process: every fit row. Under ``torch.distributed`` with several processes
-        each fits on a shard of the aligned rows (so each shard has every variety) and the
-        estimators all-reduce their statistics or gradients (a fixed label count keeps the
-        reduced shapes equal), so every process holds one subspace; the held-out measure
-        set is not sharded (the same overlaps everywhere). Runs at construction;
+        In one process: every row. Under ``torch.distributed`` with several processes each
+        reads a shard of the aligned rows (so each shard has every variety), of the fit
+        rows and of the held-out rows alike: the estimators all-reduce their statistics or
+        gradients (a fixed label count keeps the reduced shapes equal) and the overlaps
+        all-reduce their numerators and denominators, so every process holds one subspace
+        and logs the same overlaps. Runs at construction;
         :func:`~vardecouple.train.train` calls it again when the process group came later.
         """
-        rows, self.shared = self._fit_rows, {}
+        rows, held, self.shared = self._fit_rows, self._held_rows, {}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             rank, world = dist.get_rank(), dist.get_world_size()
             mine = set(sorted({k for _, k in rows})[rank::world])
             rows = [(s, k) for s, k in rows if k in mine]
+            groups = sorted({k for _, k in held})
+            if len(groups) >= world:  # else every process measures every row: summed
+                mine = set(groups[rank::world])  # numerators and denominators are then
+                held = [(s, k) for s, k in held if k in mine]  # world × both: same ratio
             self.shared = {"all_reduce": dist.all_reduce, "num_classes": self._num_classes}
         self.fit_on = [s for s, _ in rows]
+        self._fit_keys = [k for _, k in rows]
+        self.measure = [s for s, _ in held]
         options = self.config.estimator_options | self.shared
         self.estimators = {
             i: make_estimator(self.config.estimator, self.config.rank, **options)
@@ -246,15 +271,31 @@ class OnlineDecoupler:
         from vardecouple.model import target_states, token_states
 
         size = {"batch_size": self.config.probe_batch_size, "max_length": self.config.max_length}
-        if self.config.context == "prompt":
-            sentences, prompts, targets = probe_prompts(sentences)
-            states, owner = target_states(model, tokenizer, prompts, targets, self.layers, **size)
-        else:
-            texts = [s.text for s in sentences]
-            states, owner = token_states(model, tokenizer, texts, self.layers, **size)
-        labels = torch.tensor([s.label for s in sentences])[owner]
+        dtype = torch.bfloat16 if self.config.probe_dtype == "bf16" else None
+        with folded_weights(model, dtype):  # adapters folded in: one matmul per layer
+            if self.config.context == "prompt":
+                sentences, prompts, targets = probe_prompts(sentences)
+                states, owner = target_states(
+                    model, tokenizer, prompts, targets, self.layers, **size
+                )
+            else:
+                texts = [s.text for s in sentences]
+                states, owner = token_states(model, tokenizer, texts, self.layers, **size)
+        labels = torch.tensor([s.label for s in sentences], dtype=torch.long)[owner]
         varieties = [sentences[int(j)].variety for j in owner]
         return states, labels, varieties
+
+    def fit_rows(self, step: int) -> list[ProbeSentence]:
+        """The rows this process fits on at ``step``: all of its shard, or with
+        ``fit_fraction < 1`` after step 0 a draw of that fraction of the aligned rows
+        (seeded by ``seed`` and ``step``, drawn over all processes' rows, so the union of
+        the shards is what one process would read; a resumed run draws the same)."""
+        if self.last_refresh is None or self.config.fit_fraction >= 1:
+            return self.fit_on
+        keys = sorted({k for _, k in self._fit_rows})
+        take = max(1, round(self.config.fit_fraction * len(keys)))
+        drawn = set(random.Random(f"{self.config.seed}:{step}").sample(keys, take))
+        return [s for s, k in zip(self.fit_on, self._fit_keys, strict=True) if k in drawn]
 
     def refresh(self, model: nn.Module, tokenizer: Any, step: int) -> dict[str, Any]:
         """Re-estimate ``U`` per layer from the current model; returns what to log.
@@ -264,7 +305,7 @@ class OnlineDecoupler:
         was_training = model.training
         model.eval()
         try:
-            states, labels, _ = self._states(model, tokenizer, self.fit_on)
+            states, labels, _ = self._states(model, tokenizer, self.fit_rows(step))
             held, _, held_varieties = self._states(model, tokenizer, self.measure)
         finally:
             model.train(was_training)
@@ -286,16 +327,34 @@ class OnlineDecoupler:
                 angle = new.principal_angles(self.subspaces[i]).max()
                 log["angle_to_previous"][str(i)] = float(angle)
             self.subspaces[i] = new
-            per_variety = {}
-            for variety in sorted(set(held_varieties)):
-                rows = torch.tensor([v == variety for v in held_varieties])
-                per_variety[variety] = {
-                    "own": new.overlap(held[i][rows]),
-                    "reference": self.reference[i].overlap(held[i][rows]),
-                }
-            log["overlap"][str(i)] = per_variety
+            log["overlap"][str(i)] = self._overlaps(i, held[i], held_varieties, model)
         self.last_refresh = step
         return log
+
+    def _overlaps(
+        self, layer: int, held: Tensor, varieties: list[str], model: nn.Module
+    ) -> dict[str, dict[str, float]]:
+        """Per variety, the overlap of the held-out states with ``U`` ("own") and ``U₀``
+        ("reference"); numerators and denominators summed over processes first."""
+        terms = []
+        for variety in self.varieties:
+            rows = torch.tensor([v == variety for v in varieties], dtype=torch.bool)
+            for subspace in (self.subspaces[layer], self.reference[layer]):
+                terms.append(subspace.overlap_terms(held[rows]))
+        summed = torch.stack(terms)  # (2 × varieties, 2)
+        if self.shared:
+            device = next(model.parameters()).device  # NCCL reduces device tensors only
+            on_device = summed.to(device)
+            self.shared["all_reduce"](on_device)
+            summed = on_device.cpu()
+        pairs = iter(summed.tolist())
+        return {
+            variety: {
+                "own": overlap_ratio(*next(pairs)),
+                "reference": overlap_ratio(*next(pairs)),
+            }
+            for variety in self.varieties
+        }
 
     def penalty(self, hidden: dict[int, Tensor], mask: Tensor) -> Tensor:
         """Mean over the layers of :func:`projection_penalty` (unweighted by λ)."""

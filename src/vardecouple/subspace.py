@@ -38,6 +38,7 @@ __all__ = [
     "Subspace",
     "SubspaceEstimator",
     "make_estimator",
+    "overlap_ratio",
     "principal_angles",
 ]
 
@@ -50,6 +51,11 @@ _ORTHONORMAL_TOL = 1e-4
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     """fp32, or fp64 when any input already is fp64 (never half precision)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def overlap_ratio(inside: float, total: float) -> float:
+    """``inside / total`` clipped to ``[0, 1]``; 0.0 when no energy was selected."""
+    return 0.0 if total <= 0.0 else min(1.0, max(0.0, inside / total))
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,12 @@ class Subspace:
         ``Σ_i ‖Uᵀ(h_i − c)‖² / Σ_i ‖h_i − c‖²`` over rows where ``mask`` is true
         (``mask`` has shape ``h.shape[:-1]``). Returns 0.0 when no energy is selected.
         """
+        inside, total = self.overlap_terms(h, mask).tolist()
+        return overlap_ratio(inside, total)
+
+    def overlap_terms(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``[Σ‖Uᵀ(h_i − c)‖², Σ‖h_i − c‖²]`` (float64, on the CPU): :meth:`overlap`'s
+        numerator and denominator, which processes holding shards of the rows add up."""
         centred, u, _ = self._operands(self._check(h))
         if mask is not None:
             if tuple(mask.shape) != tuple(h.shape[:-1]):
@@ -162,9 +174,7 @@ class Subspace:
             centred = centred[mask.to(device=h.device, dtype=torch.bool)]
         inside = (centred @ u).square().sum()
         total = centred.square().sum()
-        if total.item() <= 0.0:
-            return 0.0
-        return float((inside / total).clamp(0.0, 1.0).item())
+        return torch.stack([inside, total]).to(device="cpu", dtype=torch.float64)
 
     def principal_angles(self, other: Subspace | Tensor) -> Tensor:
         """Principal angles to ``other`` (a Subspace or a ``(d, j)`` basis), degrees, ascending."""
