@@ -554,6 +554,7 @@ def _arm_seed(ctx: _Context, arm: str, seed: int) -> None:
         record |= {
             "steps": summary["steps"],
             "train_seconds": summary["train_seconds"],
+            "train_dtype": summary.get("dtype"),  # None: trained before it was recorded
             "checkpoint": _checkpoint_note(run_dir, ev.checkpoint, summary["steps"]),
             "overlap": _overlap(run_dir, out),
             "lambda": _start(run_dir)[0],
