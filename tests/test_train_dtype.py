@@ -62,6 +62,8 @@ def test_bf16_training_autocasts_the_passes_and_keeps_fp32_weights(setup, tmp_pa
     assert seen and all(d == torch.float32 for s in seen for d in s.values())
     trained = [p for p in model.parameters() if p.requires_grad]
     assert trained and all(p.dtype == torch.float32 for p in trained)
+    # the bf16 copies of the frozen weights were swapped in for the passes only
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     # the first step's logged loss is what a direct bf16 autocast computation gives
     plan = batches([len(f["input_ids"]) for f in features], 8, 3, 0)
     first = collate([features[i] for i in plan[0]], loaded.tokenizer.pad_token_id)

@@ -175,14 +175,56 @@ def supervised_loss(
 
 class Objective(nn.Module):
     """:func:`supervised_loss` as a module, so that a wrapper (DDP, FSDP…) sees the
-    forward pass it must synchronise; returns ``(lm_loss, hidden states by layer)``."""
+    forward pass it must synchronise; returns ``(lm_loss, hidden states by layer)``.
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], vocab: Tensor | None) -> None:
+    ``dtype = "bf16"``: the forward pass runs under bf16 autocast (the backward pass
+    follows it), with the frozen linear weights cast once, at the first call, instead of
+    at every matmul of every step: the same values autocast would compute, without
+    re-allocating a bf16 copy of the model (and the page faults that come with it) per
+    step. The copies are swapped in per module for the forward pass only, so a tied
+    input embedding, the probe refresh, the dev loss and saving all see fp32 weights.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int],
+        vocab: Tensor | None,
+        dtype: Literal["fp32", "bf16"] = "fp32",
+    ) -> None:
         super().__init__()
-        self.model, self.layers, self.vocab = model, tuple(layers), vocab
+        self.model, self.layers, self.vocab, self.dtype = model, tuple(layers), vocab, dtype
+        self._low: list[tuple[nn.Module, str, nn.Parameter]] | None = None
 
     def forward(self, **batch: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
-        return supervised_loss(self.model, batch, self.layers, self.vocab)
+        if self.dtype != "bf16":
+            return supervised_loss(self.model, batch, self.layers, self.vocab)
+        if self._low is None:
+            self._low = _frozen_linear_copies(self.model, torch.bfloat16)
+        originals = [(m, name, m._parameters[name]) for m, name, _ in self._low]
+        try:
+            for m, name, low in self._low:
+                m._parameters[name] = low
+            with torch.autocast(batch["input_ids"].device.type, torch.bfloat16):
+                return supervised_loss(self.model, batch, self.layers, self.vocab)
+        finally:
+            for m, name, original in originals:
+                m._parameters[name] = original
+
+
+def _frozen_linear_copies(
+    model: nn.Module, dtype: torch.dtype
+) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """``(module, "weight"/"bias", copy in dtype)`` of every linear layer's frozen
+    floating-point parameters (the base weights under LoRA, the LM head)."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            for name in ("weight", "bias"):
+                p = m._parameters.get(name)
+                if p is not None and not p.requires_grad and p.dtype != dtype:
+                    out.append((m, name, nn.Parameter(p.detach().to(dtype), requires_grad=False)))
+    return out
 
 
 #: accelerate engines that shard weights or optimizer state (docs/distributed.md)
@@ -292,16 +334,13 @@ def micro_step(
     scheduler: Any,
     params: Sequence[Tensor],
     max_grad_norm: float,
-    dtype: str = "fp32",
 ) -> tuple[float, float, float, int]:
     """One micro-batch of :func:`train` on this process's share of the batch: forward,
     ``lm_share·L_LM + λ·pen_share·L_dec``, backward, and (when the gradients sync)
     clipping, AdamW and one scheduler step. The shares are this process's fraction of
     the batch's target and penalised tokens (times the process count; 1 in one process),
-    so DDP's averaged gradient is the whole batch's. ``dtype = "bf16"`` runs the forward
-    pass under bf16 autocast (the backward follows it); the penalty is fp32 either way.
-    Returns the whole batch's ``(lm_loss, penalty, loss, non-pad tokens)``, as one
-    process would log them."""
+    so DDP's averaged gradient is the whole batch's. Returns the whole batch's
+    ``(lm_loss, penalty, loss, non-pad tokens)``, as one process would log them."""
     world = accelerator.num_processes
     mask = decoupler.token_mask(
         batch["attention_mask"], batch["target_mask"], batch["low_resource"]
@@ -309,10 +348,8 @@ def micro_step(
     n, w = float((batch["labels"][:, 1:] != -100).sum()), float(mask.sum())
     n_all, w_all, tokens = _summed(accelerator, n, w, float(batch["attention_mask"].sum()))
     lm_share, pen_share = n * world / n_all, w * world / max(w_all, 1.0)
-    bf16 = torch.autocast(accelerator.device.type, torch.bfloat16, enabled=dtype == "bf16")
     with accelerator.accumulate(objective):
-        with bf16:
-            lm_loss, hidden = objective(**batch)
+        lm_loss, hidden = objective(**batch)
         if lam > 0:
             penalty = decoupler.penalty(hidden, mask)
             loss = lm_share * lm_loss + lam * pen_share * penalty
@@ -400,7 +437,7 @@ def train(
     )
     pad_id = tokenizer.pad_token_id
     vocab = trimmed_vocab(features, tokenizer) if config.trim_vocab else None
-    objective = Objective(model, decoupler.layers, vocab)
+    objective = Objective(model, decoupler.layers, vocab, config.resolved_dtype)
     # the scheduler stays unprepared: accelerate would step it once per process (it
     # assumes each process adds a batch; here the processes share one batch)
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -446,7 +483,7 @@ def train(
                 lm, pen, both, tokens = micro_step(
                     accelerator, objective, decoupler, batch, lam,
                     optimizer=optimizer, scheduler=scheduler, params=params,
-                    max_grad_norm=config.max_grad_norm, dtype=config.resolved_dtype,
+                    max_grad_norm=config.max_grad_norm,
                 )  # fmt: skip
                 totals["loss"] += both / config.grad_accum
                 totals["lm_loss"] += lm / config.grad_accum
