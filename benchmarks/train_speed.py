@@ -80,6 +80,7 @@ spin-waiting OpenMP threads distort timings badly.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import math
@@ -106,6 +107,7 @@ from vardecouple.data import format_example, load_corpus, make_splits, tokenize_
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
 from vardecouple.model import LoadedModel, add_lora, load_model
 from vardecouple.states import _decoder_body, capture
+from vardecouple.subspace import principal_angles
 from vardecouple.train import (
     Objective,
     batches,
@@ -141,8 +143,20 @@ DECOUPLER: dict[str, Any] = {
 }
 TARGET_B_OVER_A = 2.0
 TARGET_B_OVER_A_TRIMMED = 3.0
-TARGET_C_OVER_B = 0.95
-LABELS = {"a": "(a)", "b": "(b)", "t": "(b′)", "c": "(c)"}
+TARGET_C_OVER_B = 0.97
+TARGET_BF16_OVER_B = 1.5
+TARGET_WARM_REFRESH_S = 5.0
+REFRESH_REPEATS = 5
+LABELS = {"a": "(a)", "b": "(b)", "t": "(b′)", "h": "(d)", "c": "(c)"}
+#: the warm-refresh variants timed side by side (DecouplerConfig overrides); "unfolded"
+#: is the refresh before the adapters were folded (the code of the earlier table)
+REFRESH_VARIANTS: dict[str, dict[str, Any]] = {
+    "unfolded": {},
+    "exact": {},
+    "bf16": {"probe_dtype": "bf16"},
+    "half-rows": {"fit_fraction": 0.5},
+    "bf16+half-rows": {"probe_dtype": "bf16", "fit_fraction": 0.5},
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -274,6 +288,7 @@ class OurArm:
         features: Sequence[dict[str, Any]],
         steps: int,
         vocab: Tensor | None = None,
+        dtype: str = "fp32",
     ) -> None:
         from accelerate import Accelerator
         from transformers import get_cosine_schedule_with_warmup
@@ -287,7 +302,7 @@ class OurArm:
         self.params = [p for p in loaded.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, 0, steps)
-        objective = Objective(loaded.model, decoupler.layers, vocab)
+        objective = Objective(loaded.model, decoupler.layers, vocab, dtype)
         self.objective, self.optimizer = self.accelerator.prepare(objective, optimizer)
         self.scheduler = scheduler  # train(): unprepared, stepped once per optimizer step
         self.model = loaded.model
@@ -340,20 +355,24 @@ class OurArm:
 
 # --------------------------------------------------------------------------- the run
 def run_interleaved(
-    features: list[dict[str, Any]], probe: Sequence[Any], plan: list[list[int]], warmup: int
+    features: list[dict[str, Any]],
+    probe: Sequence[Any],
+    plan: list[list[int]],
+    warmup: int,
+    repeats: int = REFRESH_REPEATS,
 ) -> dict[str, Any]:
     """(a) under ``Trainer``; (b) and (c) stepped from its ``on_step_end`` callback."""
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     steps = len(plan)
     meter = CpuMeter()
-    loaded_a, loaded_b, loaded_c, loaded_t = (fresh_model() for _ in range(4))
+    loaded_a, loaded_b, loaded_c, loaded_t, loaded_h = (fresh_model() for _ in range(5))
     dec_c = TimedDecoupler(DecouplerConfig(**DECOUPLER, seed=SEED), probe, loaded_c.num_layers)
-    dec_b, dec_t = (
+    dec_b, dec_t, dec_h = (
         OnlineDecoupler(
             DecouplerConfig(**DECOUPLER, penalize=False, seed=SEED), probe, loaded.num_layers
         )
-        for loaded in (loaded_b, loaded_t)
+        for loaded in (loaded_b, loaded_t, loaded_h)
     )
     vocab = trimmed_vocab(features, loaded_t.tokenizer)
 
@@ -393,12 +412,12 @@ def run_interleaved(
             a_log["seconds"].append(time.perf_counter() - self.t0)
             a_log["usage"].append(usage_since(self.u0))
             k = len(a_log["seconds"]) - 1
-            order = ("b", "t", "c")[k % 3 :] + ("b", "t", "c")[: k % 3]
+            order = ("b", "t", "h", "c")[k % 4 :] + ("b", "t", "h", "c")[: k % 4]
             for name in order:
                 arms[name].step(k, plan[k])
             a_log["load"].append(os.getloadavg()[0])
             times = ", ".join(
-                f"{LABELS[n]} {arms[n].records[-1]['seconds']:.2f} s" for n in ("b", "t", "c")
+                f"{LABELS[n]} {arms[n].records[-1]['seconds']:.2f} s" for n in ("b", "t", "h", "c")
             )
             print(
                 f"step {k}: (a) {a_log['seconds'][-1]:.2f} s, {times}, "
@@ -436,17 +455,22 @@ def run_interleaved(
         arms["b"] = OurArm(loaded_b, dec_b, features, steps)
         arms["c"] = OurArm(loaded_c, dec_c, features, steps)
         arms["t"] = OurArm(loaded_t, dec_t, features, steps, vocab)
+        arms["h"] = OurArm(loaded_h, dec_h, features, steps, dtype="bf16")
         # step 0: the cold refresh (base model; b's model is identical, so it shares U)
         arms["c"].refresh(0)
         dec_b.load_state_dict(dec_c.state_dict())
         dec_t.load_state_dict(dec_c.state_dict())
+        dec_h.load_state_dict(dec_c.state_dict())
         print(f"cold refresh: {dec_c.refresh_log[-1]}", flush=True)
         others_before = meter.others_cores()
         meter_steps = CpuMeter()
         trainer.train()
         others_steps = meter_steps.others_cores()
+        del trainer, loaded_a, loaded_b, loaded_t, loaded_h  # before the refresh timings
+        before_warm = copy.deepcopy(dec_c.state_dict())
         arms["c"].refresh(steps)  # warm: after the last step, an update like any later one
         print(f"warm refresh: {dec_c.refresh_log[-1]}", flush=True)
+        refresh = time_refreshes(loaded_c, probe, before_warm, steps, repeats)
     tokens = [sum(len(features[i]["input_ids"]) for i in b) for b in plan]
     if seen[:steps] != tokens:
         raise RuntimeError(f"(a) saw other batches than the plan: {seen} vs {tokens}")
@@ -465,6 +489,8 @@ def run_interleaved(
         "b": arms["b"].result(warmup),
         "c": arms["c"].result(warmup),
         "t": arms["t"].result(warmup) | {"vocab_rows": len(vocab)},
+        "h": arms["h"].result(warmup) | {"dtype": "bf16"},
+        "refresh_variants": refresh,
         "load_1min_after_each_step": a_log["load"],
         "other_processes_cores": {
             "during_setup_and_cold_refresh": others_before,
@@ -472,17 +498,76 @@ def run_interleaved(
         },
         "_keep": (loaded_c, dec_c, vocab),
     }
-    for name in ("b", "c", "t"):
+    for name in ("b", "c", "t", "h"):
         if result[name]["tokens"] != tokens:
             raise RuntimeError(f"({name}) ran other batches than the plan")
-    del trainer, loaded_a, loaded_b, loaded_t
     return result
 
 
-def amortise(ours: dict[str, Any], refresh_every: int, warmup: int) -> dict[str, Any]:
-    """(c) with the warm refresh spread over ``refresh_every`` steps."""
-    warm = [r["seconds"] for r in ours["refreshes"] if not r["cold"]]
-    extra = median(warm) / refresh_every
+def time_refreshes(
+    loaded: LoadedModel, probe: Sequence[Any], state: dict[str, Any], step: int, repeats: int
+) -> dict[str, Any]:
+    """Every :data:`REFRESH_VARIANTS` warm refresh from the same decoupler ``state`` on
+    the same trained model, :data:`REFRESH_REPEATS` times each, in rotating order; each
+    variant's subspace and logged overlaps against the exact one's."""
+    import contextlib
+
+    import vardecouple.decouple as decouple_module
+
+    folded = decouple_module.folded_weights
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in REFRESH_VARIANTS}
+    names = list(REFRESH_VARIANTS)
+    for repeat in range(repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            config = DecouplerConfig(**DECOUPLER, seed=SEED, **REFRESH_VARIANTS[name])
+            dec = TimedDecoupler(config, probe, loaded.num_layers)
+            dec.load_state_dict(copy.deepcopy(state))
+            if name == "unfolded":
+                decouple_module.folded_weights = lambda *_a, **_k: contextlib.nullcontext()
+            try:
+                log = dec.refresh(loaded.model, loaded.tokenizer, step)
+            finally:
+                decouple_module.folded_weights = folded
+            timing = dec.refresh_log[-1]
+            runs[name].append(
+                timing
+                | {
+                    "basis": dec.subspaces[9].basis,
+                    "overlap": log["overlap"],
+                    "angle_to_previous": log["angle_to_previous"]["9"],
+                }
+            )
+            print(f"refresh {name} #{repeat}: {timing['seconds']:.1f} s", flush=True)
+    exact = runs["exact"][0]
+    out: dict[str, Any] = {}
+    for name, rows in runs.items():
+        angles = [float(principal_angles(r["basis"], exact["basis"]).max()) for r in rows]
+        diffs = [  # relative: the overlaps of a rank-1 subspace are small numbers
+            abs(r["overlap"][layer][v][w] - exact["overlap"][layer][v][w])
+            / max(abs(exact["overlap"][layer][v][w]), 1e-12)
+            for r in rows
+            for layer in exact["overlap"]
+            for v in exact["overlap"][layer]
+            for w in ("own", "reference")
+        ]
+        out[name] = {
+            "seconds": [r["seconds"] for r in rows],
+            "probe_forward_seconds": [r["probe_forward_seconds"] for r in rows],
+            "median_seconds": median([r["seconds"] for r in rows]),
+            "median_probe_forward_seconds": median([r["probe_forward_seconds"] for r in rows]),
+            "largest_angle_to_exact_deg": max(angles),
+            "angle_to_previous_deg": median([r["angle_to_previous"] for r in rows]),
+            "largest_overlap_relative_change": max(diffs),
+            "own_overlap": {v: o["own"] for v, o in rows[0]["overlap"]["9"].items()},
+        }
+    return out
+
+
+def amortise(
+    ours: dict[str, Any], refresh_seconds: float, refresh_every: int, warmup: int
+) -> dict[str, Any]:
+    """An arm with a warm refresh of ``refresh_seconds`` spread over ``refresh_every`` steps."""
+    extra = refresh_seconds / refresh_every
     seconds = [s + extra for s in ours["seconds"]]
     return {
         "refresh_seconds_per_step": extra,
@@ -606,8 +691,8 @@ def markdown(report: dict[str, Any]) -> str:
     arms, ratios, targets = report["arms"], report["ratios"], report["targets"]
     setup = report["setup"]
     a, b, t, c, c_amort = arms["a"], arms["b"], arms["t"], arms["c"], arms["c_amortised"]
+    h, variants = arms["h"], report["refresh_variants"]
     cold = next(r for r in c["refreshes"] if r["cold"])
-    warm = next(r for r in c["refreshes"] if not r["cold"])
     tps_a = a["median_tokens_per_s"]
 
     def row(label: str, arm: dict[str, Any], vs_a: str, vs_b: str) -> list[str]:
@@ -652,6 +737,12 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{ratios['b_trimmed_over_b']:.2f}",
                 ),
                 row(
+                    '(d) = (b) with `[train] dtype = "bf16"` (autocast)',
+                    h,
+                    f"{h['median_tokens_per_s'] / tps_a:.2f}",
+                    f"**{ratios['bf16_over_b']:.2f}**",
+                ),
+                row(
                     f"(c) this loop, decoupled arm, refresh amortised over {REFRESH_EVERY} steps",
                     c_amort,
                     f"{ratios['c_over_a']:.2f}",
@@ -668,7 +759,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Paired (same batch, same moment) median ratios: (b)/(a) "
         f"{ratios['paired_b_over_a']:.2f}, (b′)/(a) {ratios['paired_b_trimmed_over_a']:.2f}, "
-        f"(c)/(b) {ratios['paired_c_over_b']:.2f} "
+        f"(d)/(b) {ratios['paired_bf16_over_b']:.2f}, (c)/(b) {ratios['paired_c_over_b']:.2f} "
         f"(penalised step alone {ratios['paired_c_step_over_b']:.2f}). "
         "Cores: CPU seconds (user + system) of this process per wall second of the step; "
         "sys: the system (kernel) share of them; faults: minor page faults per step "
@@ -683,14 +774,44 @@ def markdown(report: dict[str, Any]) -> str:
         *_table(
             ["refresh", "s", "probe forward s", "estimator + overlap s", "forward tokens/s"],
             ["l", "r", "r", "r", "r"],
+            [refresh_row("cold (step 0: fit + reference fit)", cold)],
+        ),
+        "",
+        f"Warm refresh (an `update` after step {setup['warmup_steps'] + a['timed_steps'] - 1},"
+        f" from the same state, {len(variants['exact']['seconds'])} times each, rotating; "
+        "medians). Angle: the largest principal angle to the exact refresh's subspace "
+        "over the repeats; overlap change: the largest relative change of a logged "
+        "overlap (own or reference, any variety) against the exact refresh; angle to "
+        "previous U: how far the refresh moved the subspace it started from (the "
+        "refresh's own step, for scale):",
+        "",
+        *_table(
             [
-                refresh_row("cold (step 0: fit + reference fit)", cold),
-                refresh_row(f"warm (after step {warm['step'] - 1}: update)", warm),
+                "warm refresh",
+                "s",
+                "probe forward s",
+                "angle to exact (°)",
+                "angle to previous U (°)",
+                "overlap change",
+            ],
+            ["l", "r", "r", "r", "r", "r"],
+            [
+                [
+                    f"`{name}`" + (" (before: adapters unfolded)" if name == "unfolded" else ""),
+                    f"{v['median_seconds']:.1f}",
+                    f"{v['median_probe_forward_seconds']:.1f}",
+                    f"{v['largest_angle_to_exact_deg']:.2f}",
+                    f"{v['angle_to_previous_deg']:.2f}",
+                    f"{v['largest_overlap_relative_change']:.1%}",
+                ]
+                for name, v in variants.items()
             ],
         ),
         "",
         f"Amortised at refresh_every = {REFRESH_EVERY}: "
-        f"{c_amort['refresh_seconds_per_step']:.2f} s/step.",
+        f"{c_amort['refresh_seconds_per_step']:.2f} s/step (the exact refresh). "
+        f"Were (b) also to refresh, as `train()`'s standard arm does to log overlaps, "
+        f"(c)/(b) = {ratios['c_over_b_both_refreshing']:.2f}.",
         "",
         *_table(
             ["target", "measured", "met?"],
@@ -707,16 +828,32 @@ def markdown(report: dict[str, Any]) -> str:
                     "yes" if targets["b_over_a_trimmed"] else "**no**",
                 ],
                 [
-                    f"(c)/(b) ≥ {TARGET_C_OVER_B:g}",
+                    f"(c)/(b) ≥ {TARGET_C_OVER_B:g} (exact refresh amortised, (b) refreshing not)",
                     f"{ratios['c_over_b']:.2f}",
                     "yes" if targets["c_over_b"] else "**no**",
+                ],
+                [
+                    f"(d)/(b) ≥ {TARGET_BF16_OVER_B:g}× (bf16 autocast)",
+                    f"{ratios['bf16_over_b']:.2f}×",
+                    "yes" if targets["bf16_over_b"] else "**no**",
+                ],
+                [
+                    f"warm refresh ≤ {TARGET_WARM_REFRESH_S:g} s, exact",
+                    f"{variants['exact']['median_seconds']:.1f} s",
+                    "yes" if targets["warm_refresh_exact"] else "**no**",
+                ],
+                [
+                    f"warm refresh ≤ {TARGET_WARM_REFRESH_S:g} s, fastest approximation",
+                    f"{min(v['median_seconds'] for v in variants.values()):.1f} s",
+                    "yes" if targets["warm_refresh_any"] else "**no**",
                 ],
             ],
         ),
         "",
         f"Exactness: first-step loss (a) {report['checks']['first_loss_a']:.4f} (the Trainer "
         f"logs 4 digits), (b) {report['checks']['first_loss_b']:.6f}, "
-        f"(c) {report['checks']['first_loss_c']:.6f}; (b′) "
+        f"(c) {report['checks']['first_loss_c']:.6f}; (d) "
+        f"{report['checks']['first_loss_bf16']:.6f} (bf16); (b′) "
         f"{report['checks']['first_loss_b_trimmed']:.6f} (trimmed softmax: a lower bound).",
     ]
     prof = report.get("profile")
@@ -763,11 +900,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 + 3 steps per arm")
     parser.add_argument("--profile", action="store_true", help="profile even if targets are met")
+    parser.add_argument("--no-profile", action="store_true", help="never profile")
+    parser.add_argument("--stem", help="results file name (default train_speed[_quick])")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     warmup, timed = (QUICK_WARMUP, QUICK_TIMED) if args.quick else (WARMUP, TIMED)
     steps = warmup + timed
-    stem = "train_speed_quick" if args.quick else "train_speed"
+    stem = args.stem or ("train_speed_quick" if args.quick else "train_speed")
 
     started = time.perf_counter()
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -791,13 +930,18 @@ def main(argv: list[str] | None = None) -> int:
 
     load["before_steps"] = os.getloadavg()
     t = time.perf_counter()
-    run = run_interleaved(features, splits.probe, plan, warmup)
+    run = run_interleaved(
+        features, splits.probe, plan, warmup, 1 if args.quick else REFRESH_REPEATS
+    )
     runtime = {"interleaved_run": time.perf_counter() - t}
     load["after_steps"] = os.getloadavg()
     kept_model, kept_decoupler, vocab = run.pop("_keep")
-    arm_a, arm_b, arm_c, arm_t = run["a"], run["b"], run["c"], run["t"]
-    c_amort = amortise(arm_c, REFRESH_EVERY, warmup)
-    for arm in (arm_a, arm_b, arm_t, arm_c):
+    arm_a, arm_b, arm_c, arm_t, arm_h = run["a"], run["b"], run["c"], run["t"], run["h"]
+    refresh = run["refresh_variants"]
+    warm_s = refresh["exact"]["median_seconds"]
+    c_amort = amortise(arm_c, warm_s, REFRESH_EVERY, warmup)
+    b_amort = amortise(arm_b, warm_s, REFRESH_EVERY, warmup)  # train()'s standard arm too
+    for arm in (arm_a, arm_b, arm_t, arm_h, arm_c):
         arm["cpu"] = cpu_summary(arm, warmup)
 
     def paired(num: Sequence[float], den: Sequence[float]) -> float:
@@ -810,6 +954,9 @@ def main(argv: list[str] | None = None) -> int:
         "c_over_a": c_amort["median_tokens_per_s"] / arm_a["median_tokens_per_s"],
         "c_over_b": c_amort["median_tokens_per_s"] / arm_b["median_tokens_per_s"],
         "c_step_over_b": arm_c["median_tokens_per_s"] / arm_b["median_tokens_per_s"],
+        "c_over_b_both_refreshing": c_amort["median_tokens_per_s"] / b_amort["median_tokens_per_s"],
+        "bf16_over_b": arm_h["median_tokens_per_s"] / arm_b["median_tokens_per_s"],
+        "paired_bf16_over_b": paired(arm_h["seconds"], arm_b["seconds"]),
         "paired_b_over_a": paired(arm_b["seconds"], arm_a["seconds"]),
         "paired_b_trimmed_over_a": paired(arm_t["seconds"], arm_a["seconds"]),
         "paired_c_over_b": paired(c_amort["seconds"], arm_b["seconds"]),
@@ -819,6 +966,10 @@ def main(argv: list[str] | None = None) -> int:
         "b_over_a_exact": ratios["b_over_a"] >= TARGET_B_OVER_A,
         "b_over_a_trimmed": ratios["b_trimmed_over_a"] >= TARGET_B_OVER_A_TRIMMED,
         "c_over_b": ratios["c_over_b"] >= TARGET_C_OVER_B,
+        "bf16_over_b": ratios["bf16_over_b"] >= TARGET_BF16_OVER_B,
+        "warm_refresh_exact": warm_s <= TARGET_WARM_REFRESH_S,
+        "warm_refresh_any": min(v["median_seconds"] for v in refresh.values())
+        <= TARGET_WARM_REFRESH_S,
     }
     variants = {"a", "b", "t", "c"} if args.profile else set()
     if not targets["b_over_a_exact"]:
@@ -828,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     if not targets["c_over_b"]:
         variants |= {"b", "c"}
     profile_report = None
-    if variants:
+    if variants and not args.no_profile:
         load["before_profile"] = os.getloadavg()
         t = time.perf_counter()
         profile_report = profile_steps(
@@ -855,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         "other_processes_cores": run["other_processes_cores"],
         "setup": {
             "model": MODEL,
-            "dtype": "float32",
+            "dtype": "float32 ((d): bf16 autocast)",
             "data": f"{CORPUS.relative_to(ROOT.parent)} dev (devtest = test corpus)",
             "standard": STANDARD,
             "varieties": list(VARIETIES),
@@ -877,11 +1028,20 @@ def main(argv: list[str] | None = None) -> int:
             "timed_steps": timed,
             "decoupler": {k: list(v) if isinstance(v, tuple) else v for k, v in DECOUPLER.items()},
             "refresh_every": REFRESH_EVERY,
-            "interleaved": "per step: (a) under Trainer, then (b), (b'), (c) in rotating order",
+            "interleaved": "per step: (a) under Trainer, then (b), (b'), (d), (c) rotating",
             "trimmed_vocab_rows": arm_t["vocab_rows"],
             "quick": args.quick,
         },
-        "arms": {"a": arm_a, "b": arm_b, "t": arm_t, "c": arm_c, "c_amortised": c_amort},
+        "arms": {
+            "a": arm_a,
+            "b": arm_b,
+            "t": arm_t,
+            "h": arm_h,
+            "c": arm_c,
+            "c_amortised": c_amort,
+            "b_amortised": b_amort,
+        },
+        "refresh_variants": refresh,
         "ratios": ratios,
         "targets": targets,
         "checks": {
@@ -889,6 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_loss_b": arm_b["lm_losses"][0],
             "first_loss_c": arm_c["lm_losses"][0],
             "first_loss_b_trimmed": arm_t["lm_losses"][0],
+            "first_loss_bf16": arm_h["lm_losses"][0],
         },
         "profile": profile_report,
     }

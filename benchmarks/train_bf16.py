@@ -1,0 +1,154 @@
+"""bf16 against fp32 training on the Arabic example: losses over the first 100 steps.
+
+For each seed (0, 1, 2) the ``decoupled`` arm of ``examples/arabic-flores.toml`` trains
+100 steps twice through :func:`vardecouple.arms.train_arm` — the path ``vardecouple
+train`` takes — once with ``[train] dtype = "fp32"`` and once with ``"bf16"`` (autocast
+forward and backward; fp32 LoRA weights, AdamW state, loss and penalty). Everything
+else is the example's: data, LoRA, λ, the variational probe at layer 9, the cosine
+schedule (over 100 steps here), and the dev loss at every checkpoint (every 50 steps),
+which ``train()`` measures in fp32 for both dtypes on the 50 held-out dev rows.
+
+Target (issue): the final dev loss of bf16 within 1% (relative) of fp32's in every seed.
+The tokens/s of each run are reported too, but they come from runs made one after
+another on a shared machine; the side-by-side speed comparison is
+``benchmarks/train_speed.py`` (arm (d)).
+
+Resumable: every (seed, dtype) run lives in ``.bench/train_bf16/`` (adapters and
+checkpoints: never committed) and a rerun continues or skips finished runs; the
+results file is rewritten after each run. Command::
+
+    .venv/bin/python benchmarks/train_bf16.py [--seeds 0 1 2] [--steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
+
+import torch
+
+from _common import ROOT, atomic_write, git_state, machine, md_table, write_json
+from vardecouple.arms import train_arm
+from vardecouple.config import load_config
+
+CONFIG = ROOT / "examples" / "arabic-flores.toml"
+ARM = "decoupled"
+WORK = ROOT / ".bench" / "train_bf16"
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_RELATIVE = 0.01
+
+
+def run_one(seed: int, dtype: str, steps: int) -> dict[str, Any]:
+    """Train (or resume, or read) one run; return its losses and speed."""
+    config = load_config(CONFIG)  # its corpora root is relative to examples/
+    config.train = config.train.model_copy(
+        update={"steps": steps, "dtype": dtype, "checkpoint_every": 50}
+    )
+    out = WORK / f"seed-{seed}-{dtype}"
+    if not (out / "train_summary.json").exists():
+        t0 = time.perf_counter()
+        train_arm(config, ARM, out, seed=seed, resume=(out / "train_log.jsonl").exists())
+        print(f"seed {seed} {dtype}: {time.perf_counter() - t0:.0f} s", flush=True)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "train_summary.json").read_text())
+    steps_ = [r for r in log if "lm_loss" in r]
+    dev = {r["steps_done"]: r["dev_loss"] for r in log if "dev_loss" in r}
+    return {
+        "seed": seed,
+        "dtype": summary["dtype"],
+        "steps": len(steps_),
+        "lm_loss": [r["lm_loss"] for r in steps_],
+        "penalty": [r["penalty"] for r in steps_],
+        "dev_loss": dev,
+        "final_dev_loss": dev[max(dev)],
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps_),
+        "train_seconds": summary["train_seconds"],
+        "resumed_from": summary["resumed_from"],
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = []
+    for seed, pair in report["by_seed"].items():
+        a, b = pair["fp32"], pair["bf16"]
+        rows.append(
+            [
+                seed,
+                f"{a['final_dev_loss']:.4f}",
+                f"{b['final_dev_loss']:.4f}",
+                f"{pair['dev_relative_change']:+.2%}",
+                f"{statistics.mean(a['lm_loss'][-10:]):.4f}",
+                f"{statistics.mean(b['lm_loss'][-10:]):.4f}",
+                f"{a['median_tokens_per_s']:.0f}",
+                f"{b['median_tokens_per_s']:.0f}",
+            ]
+        )
+    lines = md_table(
+        [
+            "seed",
+            "dev fp32",
+            "dev bf16",
+            "Δ dev",
+            "train fp32 (last 10)",
+            "train bf16 (last 10)",
+            "tok/s fp32",
+            "tok/s bf16",
+        ],
+        ["l", "r", "r", "r", "r", "r", "r", "r"],
+        rows,
+    )
+    worst = report["largest_dev_relative_change"]
+    met = "met" if report["target_met"] else "**missed**"
+    return "\n".join(
+        [*lines, "", f"Largest |Δ dev| {worst:.2%} (target ≤ {TARGET_RELATIVE:.0%}: {met})."]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    git = git_state()
+    by_seed: dict[str, dict[str, Any]] = {}
+    for seed in args.seeds:
+        pair = {dtype: run_one(seed, dtype, args.steps) for dtype in ("fp32", "bf16")}
+        a, b = pair["fp32"]["final_dev_loss"], pair["bf16"]["final_dev_loss"]
+        by_seed[str(seed)] = pair | {"dev_relative_change": (b - a) / a}
+        worst = max(abs(p["dev_relative_change"]) for p in by_seed.values())
+        report = {
+            "benchmark": "train_bf16",
+            "date": date,
+            "command": shlex.join([".venv/bin/python", *sys.argv]),
+            "machine": machine("transformers", "peft", "accelerate"),
+            "git": git,
+            "config": str(CONFIG.relative_to(ROOT)),
+            "arm": ARM,
+            "steps": args.steps,
+            "by_seed": by_seed,
+            "largest_dev_relative_change": worst,
+            "target_relative": TARGET_RELATIVE,
+            "target_met": worst <= TARGET_RELATIVE,
+            "complete": len(by_seed) == len(args.seeds),
+        }
+        write_json(RESULTS / "train_bf16.json", report)
+        text = markdown(report) + "\n"
+        atomic_write(RESULTS / "train_bf16.md", lambda tmp, text=text: tmp.write_text(text))
+        print(markdown(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
