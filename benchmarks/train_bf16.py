@@ -51,9 +51,10 @@ TARGET_RELATIVE = 0.01
 def run_one(seed: int, dtype: str, steps: int) -> dict[str, Any]:
     """Train (or resume, or read) one run; return its losses and speed."""
     config = load_config(CONFIG)  # its corpora root is relative to examples/
-    config.train = config.train.model_copy(
+    train = config.train.model_copy(
         update={"steps": steps, "dtype": dtype, "checkpoint_every": 50}
     )
+    config = config.model_copy(update={"train": train})
     out = WORK / f"seed-{seed}-{dtype}"
     if not (out / "train_summary.json").exists():
         t0 = time.perf_counter()

@@ -58,6 +58,9 @@ def _worker(rank: int, folder: str) -> None:
             est = make_estimator(name, 1, all_reduce=dist.all_reduce, **_options(name, 0))
             out[name] = est.fit(x[part], y[part]).basis
         out["decoupler"] = _refresh()
+        half = _refresh(build_only=True, fit_fraction=0.5)  # built inside the group
+        half.last_refresh = 0
+        out["half"] = [s.text for s in half.fit_rows(100)]
         unsharded = [s.text for s in early.fit_on]
         early.distribute()  # what train() does with a decoupler built too early
         out["early"] = {"before": unsharded, "after": [s.text for s in early.fit_on],
@@ -67,7 +70,7 @@ def _worker(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _refresh(build_only: bool = False):
+def _refresh(build_only: bool = False, **options):
     """A decoupler refresh of a tiny model: subspace and held-out overlaps (or, with
     ``build_only``, the decoupler without model or refresh)."""
     from conftest import CORPORA
@@ -79,7 +82,9 @@ def _refresh(build_only: bool = False):
     splits = make_splits([corpus], standard="deu_Latn", varieties=["nds_Latn"],
                          directions="standard<->variety",
                          dev_rows=0, probe_rows=60, test_rows=0, seed=0)  # fmt: skip
-    config = DecouplerConfig(estimator="pca", reference_estimator="mean-diff", layers=(1,))
+    config = DecouplerConfig(
+        estimator="pca", reference_estimator="mean-diff", layers=(1,), **options
+    )
     dec = OnlineDecoupler(config, splits.probe, num_layers=4)  # tiny_random has 4 layers
     if build_only:
         return dec
@@ -160,3 +165,14 @@ def test_a_decoupler_built_before_the_process_group_shards_when_asked(ranks) -> 
     assert not set(early[0]["after"]) & set(early[1]["after"])
     assert early[0]["shared"] == ["all_reduce", "num_classes"]
     assert [len(e["after"]) for e in early] == [r["decoupler"]["fit_rows"] for r in ranks]
+
+
+def test_a_fit_row_draw_is_split_like_the_rows(ranks) -> None:
+    """With ``fit_fraction`` the processes' draws are disjoint and together are the
+    draw one process makes at the same step."""
+    single = _refresh(build_only=True, fit_fraction=0.5)
+    single.last_refresh = 0
+    drawn = sorted(s.text for s in single.fit_rows(100))
+    assert len(drawn) < len(single.fit_on)
+    assert not set(ranks[0]["half"]) & set(ranks[1]["half"])
+    assert sorted(ranks[0]["half"] + ranks[1]["half"]) == drawn
