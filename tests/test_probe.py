@@ -129,3 +129,56 @@ def test_codelength_rejects_unseen_labels() -> None:
         est.codelength(p.states, p.labels + 1)
     with pytest.raises(ValueError, match="fit"):
         make_estimator("variational", 1).kl()
+
+
+# Computed with the probe as it was before the study knobs were added (commit 0024f4e):
+# the paper's probe must keep its definition bit for bit (fit, then update).
+FROZEN = {
+    "standard-vs-rest": (
+        [0.0713360607624054, -0.10680027306079865, -0.24414175748825073, -0.05229506269097328],
+        5.54207181930542,
+        613.0042114257812,
+    ),
+    "all": (
+        [-0.15196555852890015, 0.06740111112594604, -0.2054431140422821, 0.10441277921199799],
+        5.281799793243408,
+        804.728515625,
+    ),
+}
+
+
+@pytest.mark.parametrize("classes", sorted(FROZEN))
+def test_the_papers_probe_is_unchanged(classes: str) -> None:
+    p = planted_varieties(600, 48, 2, n_varieties=2, snr=20, separation=3.0, seed=3)
+    est = make_estimator("variational", 1, classes=classes, fit_epochs=6, update_epochs=2,
+                         seed=5)  # fmt: skip
+    est.fit(p.states[:400], p.labels[:400])
+    basis = est.update(p.states[400:], p.labels[400:]).basis
+    head, total, kl = FROZEN[classes]
+    assert basis[:4, 0].tolist() == pytest.approx(head, rel=1e-5, abs=1e-7)
+    assert float(basis.abs().sum()) == pytest.approx(total, rel=1e-5)
+    assert est.kl() == pytest.approx(kl, rel=1e-5)
+
+
+def test_study_knobs_do_what_they_say() -> None:
+    p = planted_varieties(700, 32, 1, n_varieties=1, snr=50, separation=6.0, seed=1)
+    x, y = p.states, p.labels
+    # a fixed optimisation budget: the same number of steps whatever the sample size
+    for n in (300, 700):
+        est = make_estimator("variational", 1, fit_steps=7, seed=0)
+        est.fit(x[:n], y[:n])
+        assert est.last_iterations == 7
+    # without the KL the gates have no reason to close; with it, some close
+    free = make_estimator("variational", 1, kl_weight=0.0, fit_epochs=30, seed=0)
+    free.fit(x, y)
+    paper = make_estimator("variational", 1, fit_epochs=30, seed=0)
+    paper.fit(x, y)
+    assert free.kept_dimensions().numel() == 32 > paper.kept_dimensions().numel()
+    # no gates: every dimension is kept and only the weights train
+    plain = make_estimator("variational", 1, gates=False, fit_epochs=30, seed=0)
+    plain.fit(x, y)
+    assert plain.kept_dimensions().numel() == 32
+    assert not plain.layer.z_mu.requires_grad and not plain.layer.z_logvar.requires_grad
+    for bad in ({"kl_weight": -1.0}, {"fit_steps": 0}):
+        with pytest.raises(ValueError, match="variational"):
+            make_estimator("variational", 1, **bad)

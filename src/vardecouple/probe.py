@@ -65,6 +65,8 @@ class GatedBayesianLinear(nn.Module):
         out_features: int,
         *,
         max_var: float = 0.04,
+        init_logvar: float = -9.0,
+        gates: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -73,34 +75,44 @@ class GatedBayesianLinear(nn.Module):
         def rnd(*shape: int) -> Tensor:
             return torch.randn(*shape, generator=generator)
 
-        self.max_var = max_var
-        self.z_mu = nn.Parameter(1.0 + 1e-2 * rnd(d))
-        self.z_logvar = nn.Parameter(-9.0 + 1e-2 * rnd(d))
+        self.max_var, self.gates = max_var, gates
+        self.z_mu = nn.Parameter(1.0 + 1e-2 * rnd(d), requires_grad=gates)
+        self.z_logvar = nn.Parameter(init_logvar + 1e-2 * rnd(d), requires_grad=gates)
         self.w_mu = nn.Parameter(rnd(c, d) / math.sqrt(d))
-        self.w_logvar = nn.Parameter(-9.0 + 1e-2 * rnd(c, d))
+        self.w_logvar = nn.Parameter(init_logvar + 1e-2 * rnd(c, d))
         self.b_mu = nn.Parameter(torch.zeros(c))
-        self.b_logvar = nn.Parameter(-9.0 + 1e-2 * rnd(c))
+        self.b_logvar = nn.Parameter(init_logvar + 1e-2 * rnd(c))
 
     def forward(
         self, x: Tensor, generator: torch.Generator | None = None, sample: bool = True
     ) -> Tensor:
-        if not sample:
+        if not self.gates:  # a plain Bayesian linear layer: z ≡ 1
+            if not sample:
+                return x @ self.w_mu.T + self.b_mu
+            xz = x
+        elif not sample:
             return (x * self.z_mu) @ self.w_mu.T + self.b_mu
-        eps_z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        xz = x * (self.z_mu + (0.5 * self.z_logvar).exp() * eps_z)
+        else:
+            eps_z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            xz = x * (self.z_mu + (0.5 * self.z_logvar).exp() * eps_z)
         mean = xz @ self.w_mu.T + self.b_mu
         var = xz.square() @ self.w_logvar.exp().T + self.b_logvar.exp()
         eps = torch.randn(mean.shape, generator=generator, dtype=x.dtype)
         return mean + var.sqrt() * eps
 
     def log_alpha(self) -> Tensor:
-        """Per-dimension log dropout rate of the gates; large = pruned."""
+        """Per-dimension log dropout rate of the gates; large = pruned (−∞ without gates)."""
+        if not self.gates:
+            return torch.full_like(self.z_mu, -math.inf)
         return self.z_logvar - torch.log(self.z_mu.square() + 1e-8)
 
     def kl(self) -> Tensor:
         """KL(q ‖ p) in nats: gates (Molchanov approximation) + weights + bias (vs N(0, 1))."""
-        la = self.log_alpha()
-        kl_z = -(_K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * nn.functional.softplus(-la) - _K1)
+        if self.gates:
+            la = self.log_alpha()
+            kl_z = -(_K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * nn.functional.softplus(-la) - _K1)
+        else:
+            kl_z = torch.zeros(())
 
         def gauss(mu: Tensor, logvar: Tensor) -> Tensor:
             return 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar)
@@ -136,6 +148,12 @@ class VariationalProbeEstimator(SubspaceEstimator):
             gates whose score statistic exceeds ``revive_z``, at ``log α =
             revive_log_alpha``, so the support can follow the model
             (``_revive_pruned_gates``).
+        kl_weight, fit_steps, gates, init_logvar: knobs for studying the probe
+            (``docs/probe.md``), off by default: the KL term multiplied by
+            ``kl_weight``; ``fit`` runs exactly ``fit_steps`` optimizer steps whatever
+            the number of states (``None``: ``fit_epochs`` passes); ``gates=False`` drops
+            the gates (``z ≡ 1``: a Bayesian linear classifier with N(0, 1) priors only);
+            ``init_logvar`` starts every log-variance there (the paper's code: −9).
         num_classes: number of label values, inferred when ``None``.
         seed: initialisation, shuffling and sampling are reproducible from it.
         all_reduce: sums gradients and statistics across processes.
@@ -161,6 +179,10 @@ class VariationalProbeEstimator(SubspaceEstimator):
         revive_pruned: bool = True,
         revive_z: float = 4.0,
         revive_log_alpha: float = -3.0,
+        kl_weight: float = 1.0,
+        fit_steps: int | None = None,
+        gates: bool = True,
+        init_logvar: float = -9.0,
         num_classes: int | None = None,
         seed: int = 0,
         all_reduce: AllReduce | None = None,
@@ -177,6 +199,10 @@ class VariationalProbeEstimator(SubspaceEstimator):
                 raise ValueError(f"{self.name}: {key} must be >= 1, got {value!r}")
         if not lr > 0:
             raise ValueError(f"{self.name}: lr must be > 0, got {lr!r}")
+        if not kl_weight >= 0:
+            raise ValueError(f"{self.name}: kl_weight must be >= 0, got {kl_weight!r}")
+        if fit_steps is not None and int(fit_steps) < 1:
+            raise ValueError(f"{self.name}: fit_steps must be >= 1, got {fit_steps!r}")
         if not 0.0 <= forgetting <= 1.0:
             raise ValueError(f"{self.name}: forgetting must lie in [0, 1], got {forgetting!r}")
         self.classes = classes
@@ -191,6 +217,8 @@ class VariationalProbeEstimator(SubspaceEstimator):
         self.revive_pruned, self.revive_z = bool(revive_pruned), float(revive_z)
         self.revive_log_alpha = float(revive_log_alpha)
         self.revived = 0
+        self.kl_weight, self.gates, self.init_logvar = float(kl_weight), bool(gates), init_logvar
+        self.fit_steps = None if fit_steps is None else int(fit_steps)
         self.num_classes, self.seed = num_classes, int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.layer: GatedBayesianLinear | None = None
@@ -236,15 +264,18 @@ class VariationalProbeEstimator(SubspaceEstimator):
         return ((states.to(torch.float64) - mean) / std).to(torch.float32)
 
     # -- accumulate / reduce / solve -------------------------------------------
-    def _train(self, x: Tensor, t: Tensor, epochs: int) -> None:
-        """Minibatch ELBO steps: accumulate (backward), reduce (all-reduce grads), step."""
+    def _train(self, x: Tensor, t: Tensor, epochs: int, max_steps: int | None = None) -> None:
+        """Minibatch ELBO steps: accumulate (backward), reduce (all-reduce grads), step.
+        ``max_steps``: stop after that many steps, passing over the data as often as it
+        takes (``epochs`` is then ignored)."""
         assert self.layer is not None and self.optimizer is not None
         n_local = torch.tensor(float(x.shape[0]), dtype=torch.float64)
         self._reduce([n_local])
         n_total = float(n_local.item())
         params = list(self.layer.parameters())
-        steps = 0
-        for _ in range(epochs):
+        steps = passes = 0
+        while steps < max_steps if max_steps is not None else passes < epochs:
+            passes += 1
             order = torch.randperm(x.shape[0], generator=self.generator)
             if self.all_reduce is None:
                 chunks = list(order.split(self.batch_size))
@@ -255,19 +286,25 @@ class VariationalProbeEstimator(SubspaceEstimator):
                 self.optimizer.zero_grad(set_to_none=False)
                 logits = self.layer(x[idx], generator=self.generator)
                 loss = nn.functional.cross_entropy(logits, t[idx], reduction="sum")
-                loss = loss + (idx.numel() / n_total) * self.layer.kl()
+                kl = self.layer.kl()
+                if self.kl_weight != 1.0:
+                    kl = self.kl_weight * kl
+                loss = loss + (idx.numel() / n_total) * kl
                 loss.backward()  # accumulate
                 self._reduce([p.grad for p in params if p.grad is not None])  # reduce
                 self.optimizer.step()  # solve (one step of it)
                 self.layer.clip_variances()
                 steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    break
         self.last_iterations = steps
 
     def _solve(self) -> Subspace:
         assert self.layer is not None and self.stats is not None
         with torch.no_grad():
             keep = (self.layer.log_alpha() < self.prune_threshold).to(torch.float64)
-            w = self.layer.w_mu.to(torch.float64) * (self.layer.z_mu.to(torch.float64) * keep)
+            z = self.layer.z_mu.to(torch.float64) if self.gates else torch.ones_like(keep)
+            w = self.layer.w_mu.to(torch.float64) * (z * keep)
             _, std = self._scale()
             w = w / std  # the same linear functionals in raw state coordinates
             w = w - w.mean(0, keepdim=True)  # row-centre: softmax ignores shared shifts
@@ -297,10 +334,11 @@ class VariationalProbeEstimator(SubspaceEstimator):
         self.generator = torch.Generator().manual_seed(self.seed)
         self.stats, self.sq = self._accumulate_stats(x, y)
         self.layer = GatedBayesianLinear(
-            x.shape[1], self._num_logits(y), max_var=self.max_var, generator=self.generator
-        )
+            x.shape[1], self._num_logits(y), max_var=self.max_var, init_logvar=self.init_logvar,
+            gates=self.gates, generator=self.generator,
+        )  # fmt: skip
         self.optimizer = torch.optim.Adam(self.layer.parameters(), lr=self.lr, betas=(0.9, 0.99))
-        self._train(self._inputs(x), self._targets(y), self.fit_epochs)
+        self._train(self._inputs(x), self._targets(y), self.fit_epochs, self.fit_steps)
         self.subspace = self._solve()
         return self.subspace
 
@@ -354,7 +392,7 @@ class VariationalProbeEstimator(SubspaceEstimator):
         layer.z_mu[idx] = 1.0
         layer.z_logvar[idx] = self.revive_log_alpha
         layer.w_mu[:, idx] = 0.0
-        layer.w_logvar[:, idx] = -9.0
+        layer.w_logvar[:, idx] = self.init_logvar
         for param in (layer.z_mu, layer.z_logvar, layer.w_mu, layer.w_logvar):
             for buf in self.optimizer.state.get(param, {}).values():
                 if isinstance(buf, Tensor) and buf.shape == param.shape:
@@ -453,7 +491,7 @@ class VariationalProbeEstimator(SubspaceEstimator):
         self.generator.set_state(state["generator"])
         if "layer" in state:
             c, d = state["layer"]["w_mu"].shape
-            self.layer = GatedBayesianLinear(d, c, max_var=self.max_var)
+            self.layer = GatedBayesianLinear(d, c, max_var=self.max_var, gates=self.gates)
             self.layer.load_state_dict(state["layer"])
             self.optimizer = torch.optim.Adam(
                 self.layer.parameters(), lr=self.lr, betas=(0.9, 0.99)
