@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from vardecouple.subspace import make_estimator
 
 pytestmark = pytest.mark.usefixtures("corpora")
-STATISTICS = ("pca", "mean-diff", "leace", "variational-generative")
+STATISTICS = ("pca", "mean-diff", "leace", "lda", "variational-generative")
 N, D, SPLIT = 400, 24, 170  # rank 0 gets rows [0, SPLIT), rank 1 the rest: uneven shards
 #: Largest principal angle (degrees) to a single-process fit that a float32 basis can
 #: promise: one float32 rounding of a unit vector's entries (~6e-8) turns it by ~3e-6°.

@@ -11,7 +11,7 @@ from vardecouple.subspace import ESTIMATORS, make_estimator
 from vardecouple.synthetic import planted_varieties, rotated, rotation
 
 STANDARD = ("pca", "variational-generative")
-DISCRIMINATING = ("variational", "mean-diff", "leace")
+DISCRIMINATING = ("variational", "mean-diff", "leace", "lda")
 
 
 def _angle(sub, basis) -> float:
@@ -119,7 +119,7 @@ def test_variational_gates_keep_the_planted_support() -> None:
 def test_statistics_estimators_combine_shards_exactly() -> None:
     """accumulate on two shards + reduce (a sum) = one fit on the union."""
     p = planted_varieties(1000, 32, 2, n_varieties=2, separation=4, seed=2)
-    for name in ("pca", "mean-diff", "leace", "variational-generative"):
+    for name in ("pca", "mean-diff", "leace", "lda", "variational-generative"):
         est = make_estimator(name, 2, num_classes=3)
         a = est.accumulate(p.states[:400], p.labels[:400])
         b = est.accumulate(p.states[400:], p.labels[400:])

@@ -1,4 +1,4 @@
-r"""Statistics-based subspace estimators: ``pca``, ``mean-diff``, ``leace``, ``random``.
+r"""Statistics-based subspace estimators: ``pca``, ``mean-diff``, ``leace``, ``lda``, ``random``.
 
 Each keeps discounted sufficient statistics of the labelled states (label 0 = the
 standard variety):
@@ -8,7 +8,8 @@ standard variety):
     n_c = \sum_i [y_i = c], \qquad s_c = \sum_i [y_i = c]\, h_i, \qquad
     S = \sum_{i \in R} h_i h_i^\top
 
-(``R`` = the standard rows for ``pca``, all rows for ``leace``; no ``S`` otherwise).
+(``R`` = the standard rows for ``pca``, all rows for ``leace`` and ``lda``; no ``S``
+otherwise).
 *Accumulate* computes them for a batch, *reduce* sums them across processes, *solve*
 turns them into a :class:`~vardecouple.subspace.Subspace`. ``update`` is online:
 ``stats ← forgetting · stats + new`` then solve, so the estimate follows the current
@@ -28,6 +29,7 @@ from torch import Tensor
 from vardecouple.subspace import AllReduce, Subspace, SubspaceEstimator
 
 __all__ = [
+    "LDAEstimator",
     "LeaceEstimator",
     "MeanDiffEstimator",
     "Moments",
@@ -352,6 +354,102 @@ class LeaceEstimator(StatisticsEstimator):
         k = self._cap_rank(int(left.shape[1]), f"the LEACE eraser has rank {left.shape[1]}")
         basis = Subspace.from_vectors(left).basis[:, :k]
         return Subspace(basis.to(torch.float32), m.class_balanced_mean().to(torch.float32))
+
+
+class LDAEstimator(StatisticsEstimator):
+    r"""Linear discriminant directions with a spiked within-variety covariance.
+
+    The pooled within-variety scatter :math:`W = S - \sum_c s_c s_c^\top / n_c` keeps
+    every variety its own class, so the spread *between* the non-standard varieties is
+    not taken for noise; :math:`\Sigma_W = W / \nu`, :math:`\nu = n - C`. It is modelled
+    as a *spiked* covariance — ``r`` directions of their own variance above an isotropic
+    bulk:
+
+    .. math::
+
+        \hat\Sigma = V_r \Lambda_r V_r^\top + \sigma^2 (I - V_r V_r^\top),
+
+    with :math:`V_r, \Lambda_r` the top ``r`` eigenpairs of :math:`\Sigma_W`, :math:`\sigma^2` the
+    mean of the other eigenvalues, and ``r`` the number of eigenvalues above the
+    Marchenko–Pastur edge :math:`\sigma^2 (1 + \sqrt{(d - r)/\nu})^2` of a pure-noise
+    bulk (iterated to a fixed point; ``spikes`` fixes it instead). Eigenvalues inside
+    the bulk are noise at this sample size; pooling them into one :math:`\sigma^2`
+    keeps the inverse from amplifying them, while the spikes — the few directions that
+    carry most of the variance, such as the outlier dimensions of real LM states — are
+    whitened exactly. (No per-dimension scaling first: it would smear an isotropic bulk
+    into a spread of eigenvalues.)
+
+    ``U`` = the orthonormalised :math:`\hat\Sigma^{-1}\Delta` (the Bayes direction for
+    Gaussian classes with a shared covariance), :math:`\Delta = \mu_{\mathrm{rest}} -
+    \mu_0` (``classes="standard-vs-rest"``: the pooled non-standard mean; rank 1) or the
+    columns :math:`\mu_v - \mu_0` (``"all"``; top ``k`` by singular value). ``c`` = the
+    class-balanced mean. Closed form from the discounted statistics: online, and
+    all-reduced like every statistics estimator.
+    """
+
+    name = "lda"
+    needs_labels = True
+    outer_rows = "all"
+
+    def __init__(
+        self,
+        rank: int,
+        *,
+        classes: ClassMode = "standard-vs-rest",
+        spikes: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rank, **kwargs)
+        _check_classes(self.name, classes)
+        if spikes is not None and (isinstance(spikes, bool) or int(spikes) < 0):
+            raise ValueError(f"{self.name}: spikes must be an integer >= 0, got {spikes!r}")
+        self.classes = classes
+        self.spikes = None if spikes is None else int(spikes)
+        self.last_spikes: int | None = None
+
+    def solve(self, moments: Moments) -> Subspace:
+        self._require_standard(moments)
+        assert moments.outer is not None
+        present = moments.counts > 0
+        counts, sums = moments.counts[present], moments.sums[present]
+        if counts.numel() < 2:
+            raise ValueError(f"{self.name}: needs states of at least one non-standard variety")
+        dof = float(counts.sum() - counts.numel())
+        if dof < 1:
+            raise ValueError(f"{self.name}: needs more states than varieties")
+        cov = (moments.outer - (sums.T / counts) @ sums) / dof
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0).clamp(min=0.0), evecs.flip(1)
+        r = self.spikes if self.spikes is not None else _spikes(evals, dof)
+        r = min(r, evals.numel() - 1)
+        self.last_spikes = r
+        bulk = evals[r:].mean().clamp(min=1e-12 * float(evals[0].clamp(min=1e-300)))
+        means = sums / counts[:, None]
+        if self.classes == "standard-vs-rest":
+            delta = (sums[1:].sum(0) / counts[1:].sum() - means[0])[:, None]
+        else:
+            delta = (means[1:] - means[0]).T
+        # Σ̂⁻¹Δ = V Λ⁻¹ VᵀΔ + (I − V Vᵀ)Δ / σ²
+        v = evecs[:, :r]
+        inside = v.T @ delta
+        directions = v @ (inside / evals[:r, None].clamp(min=1e-300)) + (delta - v @ inside) / bulk
+        k = self._cap_rank(int(directions.shape[1]), f"{directions.shape[1]} class contrast(s)")
+        basis = Subspace.from_vectors(directions).basis[:, :k]
+        return Subspace(basis.to(torch.float32), moments.class_balanced_mean().to(torch.float32))
+
+
+def _spikes(evals: Tensor, dof: float) -> int:
+    """How many of the descending eigenvalues ``evals`` of a ``d × d`` covariance matrix
+    (``dof`` degrees of freedom) lie above the Marchenko–Pastur edge of the rest."""
+    d, r = evals.numel(), 0
+    for _ in range(d):
+        bulk = float(evals[r:].mean())
+        edge = bulk * (1.0 + ((d - r) / dof) ** 0.5) ** 2
+        above = int((evals > edge).sum())
+        if above == r or above >= d - 1:
+            return min(above, d - 1)
+        r = above
+    return r
 
 
 class RandomEstimator(StatisticsEstimator):

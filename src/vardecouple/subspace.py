@@ -350,6 +350,7 @@ class SubspaceEstimator(ABC):
 
 def _registry() -> dict[str, type[SubspaceEstimator]]:
     from vardecouple.estimators import (
+        LDAEstimator,
         LeaceEstimator,
         MeanDiffEstimator,
         PCAEstimator,
@@ -364,6 +365,7 @@ def _registry() -> dict[str, type[SubspaceEstimator]]:
         PCAEstimator,
         MeanDiffEstimator,
         LeaceEstimator,
+        LDAEstimator,
         RandomEstimator,
     ]
     return {cls.name: cls for cls in classes}
@@ -375,6 +377,7 @@ ESTIMATORS: tuple[str, ...] = (
     "pca",
     "mean-diff",
     "leace",
+    "lda",
     "random",
 )
 """Names accepted by :func:`make_estimator`."""
