@@ -44,10 +44,10 @@ def _planted(args: argparse.Namespace) -> int:
     )
     rows = []
     for name in ESTIMATORS:
-        discriminative = name in ("variational", "mean-diff", "leace")
+        discriminative = name in ("variational", "mean-diff", "leace", "lda")
         target = data.discriminating_basis if discriminative else data.standard_basis
         rank = target.shape[1]
-        options = {"classes": "all"} if name == "variational" else {}
+        options = {"classes": "all"} if name in ("variational", "lda") else {}
         est = make_estimator(name, rank, **options)
         start = time.perf_counter()
         with warnings.catch_warnings():
