@@ -165,8 +165,8 @@ def test_later_overlaps_equal_an_independent_computation(setup) -> None:
 def test_erase_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="alpha"):
         EraseConfig(alpha=-1)
-    with pytest.raises(ValueError, match="unknown estimator 'lda'"):
-        EraseConfig(estimator="lda")
+    with pytest.raises(ValueError, match="unknown estimator 'qda'"):
+        EraseConfig(estimator="qda")
     with pytest.raises(ValueError, match="at least one layer"):
         EraseConfig(layers=())
 
