@@ -77,3 +77,30 @@ def test_lda_does_not_get_worse_with_four_times_the_data() -> None:
             angles.append(_angle(sub.basis, p.standard_vs_rest_direction))
         medians[n] = statistics.median(angles)
     assert medians[4096] <= medians[1024], medians
+
+
+def test_lda_with_fewer_states_than_dimensions_keeps_the_null_space_in_the_bulk() -> None:
+    # n − C = 95 degrees of freedom in d = 200: at most 94 spikes, a finite direction
+    v = torch.logspace(2, -3, 200, dtype=torch.float64)
+    p = planted_varieties(100, 200, 2, n_varieties=4, snr=20.0, noise_variances=v, seed=3)
+    est = make_estimator("lda", 1)
+    sub = est.fit(p.states, p.labels)
+    assert est.last_spikes is not None and est.last_spikes <= 94
+    assert bool(torch.isfinite(sub.basis).all())
+    # no worse than the mean difference against the Bayes direction (it was 89° when the
+    # rounding noise of the null space was counted as spikes)
+    md = make_estimator("mean-diff", 1, classes="standard-vs-rest").fit(p.states, p.labels)
+    bayes = p.bayes_direction()
+    assert _angle(sub.basis, bayes) < _angle(md.basis, bayes)
+
+
+def test_lda_finds_the_bayes_direction_of_anisotropic_states_where_mean_diff_cannot() -> None:
+    # a spectrum over five orders of magnitude in a random coordinate order, n ≫ d
+    g = torch.Generator().manual_seed(0)
+    v = torch.logspace(3, -2, 64, dtype=torch.float64)[torch.randperm(64, generator=g)]
+    p = planted_varieties(8000, 64, 2, n_varieties=4, snr=20.0, noise_variances=v, seed=1)
+    bayes = p.bayes_direction()
+    lda = make_estimator("lda", 1).fit(p.states, p.labels)
+    md = make_estimator("mean-diff", 1, classes="standard-vs-rest").fit(p.states, p.labels)
+    assert _angle(lda.basis, bayes) < 10.0
+    assert _angle(md.basis, bayes) > 30.0

@@ -440,14 +440,21 @@ class LDAEstimator(StatisticsEstimator):
 
 def _spikes(evals: Tensor, dof: float) -> int:
     """How many of the descending eigenvalues ``evals`` of a ``d × d`` covariance matrix
-    (``dof`` degrees of freedom) lie above the Marchenko–Pastur edge of the rest."""
+    (``dof`` degrees of freedom) lie above the Marchenko–Pastur edge of the rest.
+
+    At most ``min(d, dof) − 1``: with fewer degrees of freedom than dimensions the other
+    eigenvalues are zero (up to rounding) and must stay in the bulk, whose mean then
+    estimates the bulk variance (the trace is unbiased); counting rounding noise as
+    spikes would invert it.
+    """
     d, r = evals.numel(), 0
+    limit = max(min(d, int(dof)) - 1, 0)
     for _ in range(d):
         bulk = float(evals[r:].mean())
         edge = bulk * (1.0 + ((d - r) / dof) ** 0.5) ** 2
-        above = int((evals > edge).sum())
-        if above == r or above >= d - 1:
-            return min(above, d - 1)
+        above = min(int((evals > edge).sum()), limit)
+        if above == r or above >= limit:
+            return above
         r = above
     return r
 

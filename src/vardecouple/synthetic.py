@@ -4,8 +4,8 @@ States of ``m + 1`` varieties in :math:`\mathbb{R}^d` (label 0 = the standard):
 
 .. math::
 
-    h = \epsilon + U_s a + \delta\, D_{:,y}, \qquad \epsilon \sim \mathcal{N}(0, I_d), \quad
-    a \sim \mathcal{N}(0, \mathrm{snr}\, I_k),
+    h = \epsilon + U_s a + \delta\, D_{:,y}, \qquad
+    \epsilon \sim \mathcal{N}(0, \Sigma_\epsilon), \quad a \sim \mathcal{N}(0, \mathrm{snr}\, I_k),
 
 ``U_s`` (``d × k``) is the *standard subspace*: the standard variety's states carry
 ``snr`` times the noise variance along each of its directions (so do the other
@@ -14,6 +14,15 @@ directions). Variety ``v ≥ 1`` is shifted by ``δ = separation`` noise standar
 deviations along ``D_{:,v}``, the *discriminating directions* (orthonormal, orthogonal
 to ``U_s``, optionally supported on ``support`` coordinates only); the standard's
 offset is 0. Every quantity an estimator should recover is known exactly.
+
+The noise is isotropic (:math:`\Sigma_\epsilon = I_d`) unless ``noise_variances`` gives
+one variance per coordinate (:math:`\Sigma_\epsilon = \mathrm{diag}(v)`): *anisotropic*
+states, e.g. with a few outlier coordinates holding most of the variance as in real LM
+states. With ``shared=True`` every variety then has the within-variety covariance
+:math:`\Sigma_W = \Sigma_\epsilon + \mathrm{snr}\, U_s U_s^\top`, and the Bayes-optimal
+discriminating directions (Gaussian classes, shared covariance) are
+:math:`\Sigma_W^{-1}\Delta\mu` (:meth:`PlantedVarieties.bayes_direction`), no longer the
+mean differences themselves.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ class PlantedVarieties:
     labels: Tensor  # (n,), 0 = standard
     standard_basis: Tensor  # (d, k)
     discriminating_basis: Tensor  # (d, m)
+    separation: float = 0.0  # offset of each non-standard variety along its D column
+    snr: float = 0.0  # variance of the standard subspace's coefficients
+    noise_variances: Tensor | None = None  # (d,) per-coordinate noise; None = isotropic
+    shared: bool = True  # every variety carries U_s (the within covariance is shared)
 
     @property
     def standard_vs_rest_direction(self) -> Tensor:
@@ -42,6 +55,35 @@ class PlantedVarieties:
         w = counts[1:].to(self.discriminating_basis.dtype)
         v = self.discriminating_basis @ w
         return (v / v.norm())[:, None]
+
+    def within_covariance(self) -> Tensor:
+        """``(d, d)`` float64: the shared within-variety covariance ``Σ_ε + snr U_s U_sᵀ``."""
+        if not self.shared:
+            raise ValueError("within_covariance: only defined with shared=True")
+        u = self.standard_basis.to(torch.float64)
+        noise = (
+            torch.ones(u.shape[0], dtype=torch.float64)
+            if self.noise_variances is None
+            else self.noise_variances.to(torch.float64)
+        )
+        return torch.diag(noise) + self.snr * (u @ u.T)
+
+    def bayes_direction(self, classes: str = "standard-vs-rest") -> Tensor:
+        r"""The Bayes-optimal discriminating directions :math:`\Sigma_W^{-1}\Delta\mu`,
+        orthonormalised (float32). ``"standard-vs-rest"``: ``(d, 1)``, Δμ the pooled
+        non-standard mean minus the standard's; ``"all"``: ``(d, m)``, the span of
+        :math:`\Sigma_W^{-1} D` (each variety's mean minus the standard's)."""
+        if classes not in ("standard-vs-rest", "all"):
+            raise ValueError(
+                f"bayes_direction: classes must be 'standard-vs-rest' or 'all', got {classes!r}"
+            )
+        contrasts = (
+            self.standard_vs_rest_direction
+            if classes == "standard-vs-rest"
+            else self.discriminating_basis
+        ).to(torch.float64)
+        directions = torch.linalg.solve(self.within_covariance(), contrasts)
+        return torch.linalg.qr(directions)[0].float()
 
 
 def planted_varieties(
@@ -55,6 +97,7 @@ def planted_varieties(
     support: int | None = None,
     shared: bool = True,
     standard_basis: Tensor | None = None,
+    noise_variances: Tensor | None = None,
     seed: int = 0,
     sample_seed: int | None = None,
 ) -> PlantedVarieties:
@@ -64,12 +107,20 @@ def planted_varieties(
     several samples of one family share their ground truth. ``standard_basis`` fixes
     ``U_s``; the discriminating directions are then drawn orthogonal to it. With
     ``support`` and one variety, the direction has equal-magnitude entries (random signs)
-    on ``support`` random coordinates.
+    on ``support`` random coordinates. ``noise_variances`` (``dim`` positive numbers)
+    makes the noise anisotropic; the draw is otherwise the same (same random numbers).
     """
     if n < n_varieties + 1 or dim < rank + n_varieties or rank < 1 or n_varieties < 1:
         raise ValueError(
             f"planted_varieties: need n >= m+1, rank >= 1, m >= 1 and dim >= rank + m; got "
             f"n={n}, dim={dim}, rank={rank}, m={n_varieties}"
+        )
+    if noise_variances is not None and (
+        tuple(noise_variances.shape) != (dim,) or not bool((noise_variances > 0).all())
+    ):
+        raise ValueError(
+            f"planted_varieties: noise_variances must be {dim} positive numbers, got shape "
+            f"{tuple(noise_variances.shape)}"
         )
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
@@ -106,12 +157,23 @@ def planted_varieties(
     labels = torch.arange(n) % (m + 1)
     labels = labels[torch.randperm(n, generator=g)]
     states = torch.randn(n, dim, generator=g, dtype=f64)
+    if noise_variances is not None:
+        states *= noise_variances.to(f64).sqrt()
     carriers = torch.ones(n, dtype=torch.bool) if shared else labels == 0
     coeffs = torch.randn(n, rank, generator=g, dtype=f64) * snr**0.5
     states += (coeffs * carriers[:, None]) @ u_s.T
     offsets = torch.cat([torch.zeros(dim, 1, dtype=f64), separation * d_basis], dim=1)
     states += offsets.T[labels]
-    return PlantedVarieties(states.float(), labels, u_s.float(), d_basis.float())
+    return PlantedVarieties(
+        states.float(),
+        labels,
+        u_s.float(),
+        d_basis.float(),
+        separation=float(separation),
+        snr=float(snr),
+        noise_variances=None if noise_variances is None else noise_variances.double(),
+        shared=shared,
+    )
 
 
 def rotation(
@@ -154,9 +216,14 @@ def rotation(
 def rotated(data: PlantedVarieties, q: Tensor) -> PlantedVarieties:
     """The same draw with every state (and every ground-truth basis) mapped by ``h ↦ Qh``."""
     q32 = q.to(torch.float32)
+    if data.noise_variances is not None:
+        raise ValueError("rotated: anisotropic noise would no longer be diagonal")
     return PlantedVarieties(
         (data.states.to(torch.float64) @ q.T).float(),
         data.labels,
         q32 @ data.standard_basis,
         q32 @ data.discriminating_basis,
+        separation=data.separation,
+        snr=data.snr,
+        shared=data.shared,
     )
