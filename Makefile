@@ -46,6 +46,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/subspace_recovery.py
+	$(PY) benchmarks/subspace_targets.py
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/decode_speed.py
 

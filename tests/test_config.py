@@ -41,7 +41,6 @@ checkpoint_every = 3
 [decoupler]
 refresh_every = 4
 lam = 0.5
-estimator_options = {{ fit_epochs = 2, update_epochs = 1 }}
 [arms.standard]
 penalize = false
 [arms.decoupled]

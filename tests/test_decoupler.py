@@ -29,8 +29,7 @@ def tiny():
 
 def _decoupler(tiny, **kw) -> OnlineDecoupler:
     loaded, probe = tiny
-    opts = {"estimator_options": {"fit_epochs": 5, "update_epochs": 1}}
-    return OnlineDecoupler(DecouplerConfig(**(opts | kw)), probe, loaded.num_layers)
+    return OnlineDecoupler(DecouplerConfig(**kw), probe, loaded.num_layers)
 
 
 def test_config_is_validated() -> None:

@@ -175,6 +175,44 @@ def test_resume_after_a_crash_between_arms_recomputes_nothing_finished(
     validate_results(json.loads((tmp_path / "out" / "results.json").read_text()))
 
 
+def test_a_folder_started_under_an_older_default_resumes_with_it(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A run folder whose config.json records ``estimator = "variational"`` (the default
+    before ``lda``) resumes with it from a TOML that leaves the estimator unset; a TOML
+    that sets another estimator is still refused."""
+    core = MINI_CORE.replace("seeds = [0, 1]", "seeds = [0]")
+    old = core.replace('estimator = "mean-diff"', 'estimator = "variational"')
+    new = core.replace('estimator = "mean-diff"\nreference_estimator = "mean-diff"\n', "")
+    assert "variational" in old and 'estimator = "mean' not in new.split("[arms")[0]
+    (tmp_path / "old.toml").write_text(old)
+    (tmp_path / "new.toml").write_text(new)
+    assert load_config(tmp_path / "new.toml").decoupler.estimator == "lda"  # today's default
+    real = experiment.train_arm
+
+    def crashing(config, arm, *args, **kwargs):
+        if arm == "random":
+            raise KeyboardInterrupt
+        return real(config, arm, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_arm", crashing)
+    with pytest.raises(KeyboardInterrupt):  # as if made by the older version
+        run_experiment(load_config(tmp_path / "old.toml"), tmp_path / "out", progress=False)
+    monkeypatch.setattr(experiment, "train_arm", real)
+    assert main(["run", str(tmp_path / "new.toml"), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    validate_results(results)
+    recorded = json.loads((tmp_path / "out" / "config.json").read_text())["decoupler"]
+    assert recorded["estimator"] == recorded["reference_estimator"] == "variational"
+    arm = json.loads((tmp_path / "out" / "runs" / "random" / "seed-0" / "config.json").read_text())
+    assert arm["decoupler"]["reference_estimator"] == "variational"  # trained after the resume
+    # an estimator the TOML sets is a real difference
+    (tmp_path / "lda.toml").write_text(core.replace('estimator = "mean-diff"', 'estimator = "lda"'))
+    code = main(["run", str(tmp_path / "lda.toml"), "--out", str(tmp_path / "out")])
+    assert code == 2 and "different config" in capsys.readouterr().err
+
+
 def test_match_penalty_of_must_name_a_penalised_arm(tmp_path: Path) -> None:
     bad = MINI.replace('match_penalty_of = "decoupled"', 'match_penalty_of = "decoupeld"')
     (tmp_path / "a.toml").write_text(bad)

@@ -42,7 +42,6 @@ def parts():
         refresh_every=3,
         lam=0.7,
         tokens="target",
-        estimator_options={"fit_epochs": 3, "update_epochs": 1},
     )
     return loaded, splits, features, config
 

@@ -96,6 +96,8 @@ def train_arm(
     from vardecouple.model import add_lora
     from vardecouple.train import train
 
+    # a folder started under an older default keeps it (its config.json names it)
+    config = config.with_recorded_defaults(out_dir)
     # every check that can fail on user input runs before the first byte is written
     decoupler_config = config.decoupler_config(arm, seed=seed, match_penalty=match_penalty)
     splits = splits or prepare_data(config)  # the corpora's checks before the folder's

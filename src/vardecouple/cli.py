@@ -89,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     from vardecouple.arms import train_arm
     from vardecouple.config import load_config
 
-    config = load_config(args.config, data_root=args.data_root)
+    config = load_config(args.config, data_root=args.data_root).with_recorded_defaults(args.out)
     seed = args.seed if args.seed is not None else config.train.seeds[0]
     config.arm(args.arm)  # a wrong arm name fails before any loading
     if config.arm(args.arm).match_penalty_of or config.arm(args.arm).kind != "train":
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     from vardecouple.config import load_config
     from vardecouple.experiment import run_experiment, run_state
 
-    config = load_config(args.config, data_root=args.data_root)
+    config = load_config(args.config, data_root=args.data_root).with_recorded_defaults(args.out)
     try:
         state = run_state(config, args.out)
     except FileExistsError:

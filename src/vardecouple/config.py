@@ -104,10 +104,10 @@ class TrainSection(_Strict):
 
 
 class DecouplerSection(_Strict):
-    estimator: str = "variational"
+    estimator: str = "lda"
     rank: int = Field(1, ge=1)
     estimator_options: dict[str, Any] = Field(default_factory=dict)
-    reference_estimator: str = "variational"
+    reference_estimator: str = "lda"
     reference_rank: int = Field(1, ge=1)
     layers: list[int] | None = None
     refresh_every: int = Field(500, ge=1)
@@ -243,6 +243,39 @@ class ExperimentConfig(_Strict):
     def train_config(self, seed: int) -> TrainConfig:
         fields = self.train.model_dump(exclude={"seeds"})
         return TrainConfig(**fields, seed=seed)
+
+    def with_recorded_defaults(self, out_dir: str | Path) -> ExperimentConfig:
+        """This config, with the values a run folder recorded (``out_dir/config.json``)
+        for every section field this config leaves at its default.
+
+        A folder started before a default changed (``[decoupler] estimator`` was
+        ``"variational"`` before ``"lda"``) thus resumes with the settings it was started
+        with; a field the TOML sets is kept, so a real difference is still refused.
+        Without a readable ``config.json`` the config is returned unchanged."""
+        import json
+
+        try:
+            saved = json.loads((Path(out_dir) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return self
+        update: dict[str, Any] = {}
+        for name in ("lora", "train", "decoupler", "eval", "probe"):
+            section, recorded = getattr(self, name), saved.get(name)
+            if section is None or not isinstance(recorded, dict):
+                continue
+            fields = type(section).model_fields
+            kept = {
+                k: v
+                for k, v in recorded.items()
+                if k in fields and k not in section.model_fields_set and v != getattr(section, k)
+            }
+            if not kept:
+                continue
+            try:
+                update[name] = type(section)(**(section.model_dump() | kept))
+            except ValidationError:
+                continue  # not a value this version accepts: the folder is refused later
+        return self.model_copy(update=update) if update else self
 
     def resolve(self, path: str) -> Path:
         """A corpus path, relative to ``data.root``, itself relative to the data root.

@@ -140,10 +140,10 @@ class DecouplerConfig:
     reference ``U₀``) and the held-out overlaps always read every row.
     """
 
-    estimator: str = "variational"
+    estimator: str = "lda"
     rank: int = 1
     estimator_options: dict[str, Any] = field(default_factory=dict)
-    reference_estimator: str = "variational"
+    reference_estimator: str = "lda"
     reference_rank: int = 1
     layers: tuple[int, ...] | None = None
     refresh_every: int = 500

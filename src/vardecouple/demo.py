@@ -245,7 +245,7 @@ checkpoint_every = {max(1, demo.steps // 3)}
 seeds = {_toml(list(demo.seeds))}
 
 [decoupler]
-estimator = "variational"
+estimator = "lda"            # the default (docs/probe.md); the paper's probe: "variational"
 rank = 1
 {layers}refresh_every = {max(1, demo.steps // 3)}
 form = "norm"

@@ -52,7 +52,7 @@ class EraseConfig:
 
     layers: tuple[int, ...] | None = None
     alpha: float = 1.0
-    estimator: str = "variational"
+    estimator: str = "lda"
     rank: int = 1
     estimator_options: dict[str, Any] = field(default_factory=dict)
     measure_fraction: float = 0.25

@@ -116,6 +116,7 @@ def run_experiment(
     from vardecouple.metrics import signatures
 
     out = Path(out_dir)
+    config = config.with_recorded_defaults(out)  # a folder keeps the defaults it began with
     resolved = _resolved(config)
     done_file = out / "results.json"
     started = time.perf_counter()
