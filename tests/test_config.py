@@ -127,3 +127,22 @@ def test_train_command_end_to_end(tmp_path: Path, corpora: Path) -> None:
     assert (out / "train_summary.json").read_bytes() == summary
     wrong = _cli("train", str(config), "--arm", "decouple", "--out", str(tmp_path / "x"))
     assert wrong.returncode == 2 and "did you mean 'decoupled'" in wrong.stderr
+
+
+def test_sections_take_their_defaults_from_the_library_dataclasses() -> None:
+    """``[train]``/``[decoupler]`` unset = the library's TrainConfig/DecouplerConfig."""
+    import dataclasses
+
+    from vardecouple.config import DecouplerSection, TrainSection
+    from vardecouple.decouple import DecouplerConfig
+    from vardecouple.train import TrainConfig
+
+    for section, config, library_only in (
+        (TrainSection(), TrainConfig(), {"seed"}),
+        (DecouplerSection(), DecouplerConfig(), {"max_length", "seed", "match_penalty"}),
+    ):
+        names = {f.name for f in dataclasses.fields(config)}
+        assert names - library_only <= set(type(section).model_fields), names
+        for name in names - library_only:
+            ours, theirs = getattr(section, name), getattr(config, name)
+            assert (list(theirs) if isinstance(theirs, tuple) else theirs) == ours, name

@@ -79,6 +79,10 @@ class ModelSection(_Strict):
     trust_remote_code: bool = False
 
 
+# the library's dataclasses declare the defaults; the sections read them from here
+_TRAIN, _DECOUPLER = TrainConfig(), DecouplerConfig()
+
+
 class LoraSection(_Strict):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -89,38 +93,42 @@ class LoraSection(_Strict):
 
 
 class TrainSection(_Strict):
-    steps: int = Field(100, ge=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    checkpoint_every: int = Field(0, ge=0)
-    trim_vocab: bool = False
-    dtype: Literal["fp32", "bf16"] | None = None
+    """``[train]``: :class:`TrainConfig`'s fields (its defaults, declared there) + ``seeds``."""
+
+    steps: int = Field(_TRAIN.steps, ge=1)
+    batch_size: int = Field(_TRAIN.batch_size, ge=1)
+    grad_accum: int = Field(_TRAIN.grad_accum, ge=1)
+    lr: float = Field(_TRAIN.lr, gt=0)
+    schedule: Literal["constant", "cosine"] = _TRAIN.schedule
+    warmup_steps: int = Field(_TRAIN.warmup_steps, ge=0)
+    weight_decay: float = Field(_TRAIN.weight_decay, ge=0)
+    max_grad_norm: float = Field(_TRAIN.max_grad_norm, ge=0)
+    checkpoint_every: int = Field(_TRAIN.checkpoint_every, ge=0)
+    trim_vocab: bool = _TRAIN.trim_vocab
+    dtype: Literal["fp32", "bf16"] | None = _TRAIN.dtype
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 
 class DecouplerSection(_Strict):
-    estimator: str = "lda"
-    rank: int = Field(1, ge=1)
+    """``[decoupler]``: :class:`DecouplerConfig`'s fields and defaults (declared there)."""
+
+    estimator: str = _DECOUPLER.estimator
+    rank: int = Field(_DECOUPLER.rank, ge=1)
     estimator_options: dict[str, Any] = Field(default_factory=dict)
-    reference_estimator: str = "lda"
-    reference_rank: int = Field(1, ge=1)
+    reference_estimator: str = _DECOUPLER.reference_estimator
+    reference_rank: int = Field(_DECOUPLER.reference_rank, ge=1)
     layers: list[int] | None = None
-    refresh_every: int = Field(500, ge=1)
-    form: Literal["norm", "squared", "fraction"] = "norm"
-    lam: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    tokens: Literal["all", "target", "low-resource"] = "all"
-    penalize: bool = True
-    measure_fraction: float = Field(0.25, gt=0, lt=1)
-    context: Literal["sentence", "prompt"] = "sentence"
-    probe_batch_size: int = Field(16, ge=1)
-    probe_dtype: Literal["fp32", "bf16"] = "fp32"
-    fit_fraction: float = Field(1.0, gt=0, le=1)
+    refresh_every: int = Field(_DECOUPLER.refresh_every, ge=1)
+    form: Literal["norm", "squared", "fraction"] = _DECOUPLER.form
+    lam: float = Field(_DECOUPLER.lam, ge=0)
+    warmup_steps: int = Field(_DECOUPLER.warmup_steps, ge=0)
+    tokens: Literal["all", "target", "low-resource"] = _DECOUPLER.tokens
+    penalize: bool = _DECOUPLER.penalize
+    measure_fraction: float = Field(_DECOUPLER.measure_fraction, gt=0, lt=1)
+    context: Literal["sentence", "prompt"] = _DECOUPLER.context
+    probe_batch_size: int = Field(_DECOUPLER.probe_batch_size, ge=1)
+    probe_dtype: Literal["fp32", "bf16"] = _DECOUPLER.probe_dtype
+    fit_fraction: float = Field(_DECOUPLER.fit_fraction, gt=0, le=1)
 
     @field_validator("estimator", "reference_estimator")
     @classmethod
