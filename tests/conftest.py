@@ -143,7 +143,7 @@ def decoding_setup(test_rows: int, probe_rows: int = 20):
 def spread_tiny_model(corpus):
     """A float64 tiny-random model on ``corpus`` with its weights spread (N(0, 0.2)):
     at the default scale it emits one token forever, so hypotheses would not differ."""
-    from vardecouple.model import tiny_random
+    from vardecouple.model.load import tiny_random
 
     texts = [t for row in corpus.rows[:2000] for t in row.values()]
     model, tok = tiny_random(texts)

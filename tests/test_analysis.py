@@ -7,19 +7,18 @@ import pytest
 import scipy.linalg
 import torch
 
-from vardecouple.analysis import (
+from vardecouple.analysis.codelength import online_codelength, variational_codelength
+from vardecouple.analysis.geometry import (
     cosine_distance,
     l2_distance,
     linear_cka,
     mean_pool,
-    online_codelength,
     overlap,
     pca_subspace,
     subspace_angles,
-    variational_codelength,
 )
+from vardecouple.probes.synthetic import planted_varieties
 from vardecouple.subspace import Subspace
-from vardecouple.synthetic import planted_varieties
 
 SEPARATIONS = (0.0, 1.0, 2.0, 4.0)
 
@@ -235,7 +234,7 @@ def test_variational_codelength_of_random_labels(probs: list[float]) -> None:
 
 def test_variational_codelength_when_every_gate_is_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
     """The subspace solve fails when nothing survives; the code is still defined."""
-    from vardecouple.probe import VariationalProbeEstimator
+    from vardecouple.probes.variational import VariationalProbeEstimator
 
     def pruned(self: VariationalProbeEstimator) -> None:
         raise ValueError("variational: every gate was pruned; the probe found no direction")

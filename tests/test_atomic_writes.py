@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-import vardecouple.checkpoint as checkpoint_module
+import vardecouple.train.checkpoint as checkpoint_module
 from conftest import CORPORA
-from vardecouple.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from vardecouple.evaluate import read_lines, write_lines_atomic
-from vardecouple.report import write_atomic
-from vardecouple.results import write_json_atomic
+from vardecouple.evaluate.scoring import read_lines, write_lines_atomic
+from vardecouple.experiment.results import write_json_atomic
+from vardecouple.io import write_atomic
+from vardecouple.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 INJECTED = "injected: no space left on device"
 
@@ -124,7 +124,7 @@ def test_probe_json_failing_mid_write_keeps_the_previous_file(tmp_path, monkeypa
 
 @pytest.mark.usefixtures("corpora")
 def test_vardecouple_probe_failing_mid_write_leaves_no_probe_json(tmp_path, monkeypatch) -> None:
-    from vardecouple.probing import run_probe
+    from vardecouple.analysis.probing import run_probe
 
     written = _fail_write_text_half_way(monkeypatch, ".probe.json.")
     out = tmp_path / "probe"
@@ -150,7 +150,8 @@ def tiny_run(corpora):
     """A tiny-random model with LoRA, its training features and a probe decoupler."""
     from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
     from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-    from vardecouple.model import add_lora, load_model
+    from vardecouple.model.load import load_model
+    from vardecouple.model.lora import add_lora
 
     corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
     splits = make_splits(
@@ -184,7 +185,8 @@ def tiny_run(corpora):
 
 def test_train_failing_mid_summary_leaves_no_train_summary(tiny_run, tmp_path, monkeypatch) -> None:
     """A partial `train_summary.json` would mark an unfinished run finished."""
-    from vardecouple.train import TrainConfig, train
+    from vardecouple.train.loop import train
+    from vardecouple.train.step import TrainConfig
 
     loaded, features, decoupler = tiny_run
     written = _fail_json_dump_half_way(monkeypatch, only="train_summary.json")
@@ -223,9 +225,7 @@ def test_checkpoint_failing_mid_write_keeps_the_previous_one(tmp_path, monkeypat
     with torch.no_grad():
         model.lora.weight.add_(1.0)
     if where == "adapter":  # safetensors writes half the file, then the disk is full
-        import safetensors.torch
-
-        real = safetensors.torch.save_file
+        real = checkpoint_module.save_file
 
         def save_file(tensors, filename, *args, **kwargs):
             real(tensors, filename, *args, **kwargs)
@@ -233,7 +233,7 @@ def test_checkpoint_failing_mid_write_keeps_the_previous_one(tmp_path, monkeypat
                 handle.truncate(os.path.getsize(filename) // 2)
             raise _disk_full()
 
-        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+        monkeypatch.setattr(checkpoint_module, "save_file", save_file)
     elif where == "state":  # torch.save writes half of state.pt, then the disk is full
         real_save = torch.save
 
@@ -269,8 +269,8 @@ def test_checkpoint_failing_mid_write_keeps_the_previous_one(tmp_path, monkeypat
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
-    """Every writer goes through vardecouple.atomic: a failure removes its temp file."""
-    from vardecouple.atomic import write_atomic, write_json_atomic, write_text_atomic
+    """Every writer goes through vardecouple.io: a failure removes its temp file."""
+    from vardecouple.io import write_atomic, write_json_atomic, write_text_atomic
 
     (tmp_path / "a.json").write_text("old")
 

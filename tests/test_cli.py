@@ -9,7 +9,7 @@ from vardecouple.cli import main
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vardecouple.cli", *args],
+        [sys.executable, "-m", "vardecouple", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -109,7 +109,7 @@ def test_train_again_says_finished_and_another_config_is_refused(
 def test_every_list_flag_takes_spaces_commas_and_repeats() -> None:
     """One habit: `--x a b`, `--x a,b`, `--x a --x b` give the same list, for every list
     flag of every command (and the help says so)."""
-    from vardecouple.cli import LISTS, build_parser
+    from vardecouple.cli.parser import LISTS, build_parser
 
     parser = build_parser()
     common = {

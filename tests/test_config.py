@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CORPORA
-from vardecouple.config import ConfigError, load_config
-from vardecouple.experiment import prepare_data
+from vardecouple.experiment.arms import prepare_data
+from vardecouple.experiment.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_unknown_arm_names_the_nearest(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vardecouple.cli", *args],
+        [sys.executable, "-m", "vardecouple", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -133,9 +133,9 @@ def test_sections_take_their_defaults_from_the_library_dataclasses() -> None:
     """``[train]``/``[decoupler]`` unset = the library's TrainConfig/DecouplerConfig."""
     import dataclasses
 
-    from vardecouple.config import DecouplerSection, TrainSection
     from vardecouple.decouple import DecouplerConfig
-    from vardecouple.train import TrainConfig
+    from vardecouple.experiment.sections import DecouplerSection, TrainSection
+    from vardecouple.train.step import TrainConfig
 
     for section, config, library_only in (
         (TrainSection(), TrainConfig(), {"seed"}),

@@ -161,7 +161,7 @@ def test_sigkill_then_resume_is_bit_identical(
 def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoint(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    import vardecouple.train as train_module
+    import vardecouple.train.step as train_module
     from vardecouple.cli import main
 
     cfg = tmp_path / "c.toml"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import decoding_setup
-from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
+from vardecouple.evaluate.decode import DecodeConfig, decode, prompt_ids, stop_ids
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -107,7 +107,7 @@ def test_continuous_batching_and_prompt_lookup_equal_plain_greedy_in_float64(
     """Refilled slots and verified drafts pick exactly the tokens of plain greedy
     decoding (float64: no near-ties); the drafts are really used, rows really joined
     and the cache really repacked (else the check would be vacuous)."""
-    import vardecouple.decode as decode_module
+    import vardecouple.evaluate.slots as decode_module
 
     model, tok, prompts, sources = setup
     plain = decode(model, tok, prompts, sources, DecodeConfig(batch_size=8), progress=False)
@@ -128,7 +128,7 @@ def test_continuous_batching_and_prompt_lookup_equal_plain_greedy_in_float64(
 
 
 def test_prompt_lookup_drafts_what_followed_the_tail() -> None:
-    from vardecouple.decode import _draft
+    from vardecouple.evaluate.slots import _draft
 
     assert _draft([5, 6, 7, 8, 9, 6, 7], ngram=3, k=2) == [8, 9]  # tail 6 7 occurred before
     assert _draft([1, 2, 3, 1, 2, 4, 1, 2], ngram=2, k=3) == [4, 1, 2]  # the latest occurrence

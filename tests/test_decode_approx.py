@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import decoding_setup
-from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
+from vardecouple.evaluate.decode import DecodeConfig, decode, prompt_ids, stop_ids
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -109,8 +109,8 @@ def test_vardecouple_eval_records_the_approximations_and_their_shortlists(tmp_pa
 
     from conftest import MINI_CORE
     from vardecouple.cli import main
-    from vardecouple.config import load_config
-    from vardecouple.experiment import load_base, prepare_data
+    from vardecouple.experiment.arms import load_base, prepare_data
+    from vardecouple.experiment.config import load_config
 
     text = MINI_CORE.replace("[eval]\n", '[eval]\ndtype = "bf16"\nshortlist = "train-targets"\n')
     (tmp_path / "a.toml").write_text(text)
@@ -137,7 +137,7 @@ def test_vardecouple_eval_records_the_approximations_and_their_shortlists(tmp_pa
 def test_a_shortlist_with_beams_is_a_config_error(tmp_path) -> None:
     """Refused when the config is read, not after hours of training."""
     from conftest import MINI_CORE
-    from vardecouple.config import ConfigError, load_config
+    from vardecouple.experiment.config import ConfigError, load_config
 
     text = MINI_CORE.replace("[eval]\n", '[eval]\nnum_beams = 2\nshortlist = "train-targets"\n')
     (tmp_path / "b.toml").write_text(text)

@@ -5,7 +5,8 @@ import torch
 
 from conftest import CORPORA, Sentence
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.model import capture, load_model
+from vardecouple.model.load import load_model
+from vardecouple.model.states import capture
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -101,7 +102,7 @@ def test_state_dict_round_trip(tiny) -> None:
 
 def test_prompt_context_reads_target_tokens_of_translation_prompts(tiny) -> None:
     from vardecouple.data import probe_prompts
-    from vardecouple.model import target_states
+    from vardecouple.model.states import target_states
 
     loaded, probe = tiny
     kept, prompts, targets = probe_prompts(probe[:3] + probe[120:122])

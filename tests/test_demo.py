@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vardecouple.cli import main
-from vardecouple.experiment import validate_results
+from vardecouple.experiment.results import validate_results
 from vardecouple.report import PLOTS, SECTIONS
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vardecouple.cli import main
-from vardecouple.demo import DEMO_FILE
+from vardecouple.experiment.demo import DEMO_FILE
 
 QUICK = ["--quick", "--pretrain-steps", "10", "--steps", "2", "--test-rows", "4"]
 
@@ -83,7 +83,7 @@ def test_overwrite_replaces_a_stale_demo_and_runs(tmp_path, capsys) -> None:
 def test_an_interrupted_demo_resumes_without_redoing_what_is_done(
     tmp_path, monkeypatch, capsys
 ) -> None:
-    import vardecouple.experiment as experiment
+    import vardecouple.experiment.evaluation as experiment
 
     out = tmp_path / "d"
     real = experiment.train_arm

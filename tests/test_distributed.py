@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vardecouple.subspace import make_estimator
+from vardecouple.probes import make_estimator
 
 pytestmark = pytest.mark.usefixtures("corpora")
 STATISTICS = ("pca", "mean-diff", "leace", "lda", "variational-generative")
@@ -76,7 +76,7 @@ def _refresh(build_only: bool = False, **options):
     from conftest import CORPORA
     from vardecouple.data import load_corpus, make_splits
     from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-    from vardecouple.model import tiny_random
+    from vardecouple.model.load import tiny_random
 
     corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
     splits = make_splits([corpus], standard="deu_Latn", varieties=["nds_Latn"],

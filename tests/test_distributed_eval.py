@@ -14,7 +14,7 @@ import pytest
 
 from conftest import CORPORA, MINI_CORE, spread_tiny_model
 from vardecouple.data import load_corpus
-from vardecouple.experiment import job_gpus
+from vardecouple.experiment.jobs import job_gpus
 
 pytestmark = pytest.mark.usefixtures("corpora")
 BIN = Path(sys.executable).parent

@@ -163,12 +163,14 @@ def test_sharding_engines_are_refused_with_one_clear_error(engine, tmp_path, mon
     import accelerate
     from accelerate.utils import DistributedType
 
-    from vardecouple.train import TrainConfig, train
+    import vardecouple.train.loop as loop
+    from vardecouple.train.loop import train
+    from vardecouple.train.step import TrainConfig
 
     class Sharding(accelerate.Accelerator):
         distributed_type = property(lambda self: DistributedType[engine])
 
-    monkeypatch.setattr(accelerate, "Accelerator", Sharding)
+    monkeypatch.setattr(loop, "Accelerator", Sharding)
     with pytest.raises(NotImplementedError, match=f"{engine} is not supported"):
         train(None, None, [], None, TrainConfig(), tmp_path / "out")  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()  # refused before writing anything

@@ -11,10 +11,10 @@ import torch
 
 from conftest import MINI_CONFIG, decoding_setup
 from vardecouple.cli import main
-from vardecouple.decode import DecodeConfig, decode
-from vardecouple.decouple import OnlineDecoupler
 from vardecouple.erase import EraseConfig, Erasure, erasing, fit_erasure, later_overlaps
-from vardecouple.states import capture
+from vardecouple.evaluate.decode import DecodeConfig, decode
+from vardecouple.model.states import capture
+from vardecouple.probes.online import OnlineProbe
 from vardecouple.subspace import Subspace
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -136,7 +136,7 @@ def test_later_overlaps_equal_an_independent_computation(setup) -> None:
     erasure, config = _fit(setup, alpha=1.0)
     table = later_overlaps(model, tok, splits.probe, erasure, config)
     layers = list(range(1, len(model.model.layers)))
-    split = OnlineDecoupler(config.decoupler(layers), splits.probe, len(model.model.layers))
+    split = OnlineProbe(config.at(layers), splits.probe, len(model.model.layers), reference=False)
     fit, fit_owner = _own_states(model, tok, split.fit_on)
     labels = torch.tensor([s.label for s in fit_owner])
     assert set(labels.tolist()) == {0, 1}
@@ -189,7 +189,7 @@ def test_eval_with_alpha_zero_writes_the_plain_hypotheses(tmp_path: Path) -> Non
 
 
 def test_erase_on_must_name_a_trained_arm(tmp_path: Path) -> None:
-    from vardecouple.config import ConfigError, load_config
+    from vardecouple.experiment.config import ConfigError, load_config
 
     bad = MINI_CONFIG + '\n[arms.erased]\nkind = "erase"\nerase_on = "base"\n'
     (tmp_path / "a.toml").write_text(bad)

@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-from vardecouple.estimators import Moments
-from vardecouple.subspace import ESTIMATORS, make_estimator
-from vardecouple.synthetic import planted_varieties, rotated, rotation
+from vardecouple.probes import ESTIMATORS, make_estimator
+from vardecouple.probes.base import Moments
+from vardecouple.probes.synthetic import planted_varieties, rotated, rotation
 
 STANDARD = ("pca", "variational-generative")
 DISCRIMINATING = ("variational", "mean-diff", "leace", "lda")

@@ -10,10 +10,12 @@ import sacrebleu
 
 from conftest import MINI_CONFIG as MINI
 from conftest import MINI_CORE
-from vardecouple import experiment
 from vardecouple.cli import main
-from vardecouple.config import ConfigError, load_config
-from vardecouple.experiment import run_experiment, validate_results
+from vardecouple.experiment import arms
+from vardecouple.experiment import evaluation as experiment
+from vardecouple.experiment.config import ConfigError, load_config
+from vardecouple.experiment.results import validate_results
+from vardecouple.experiment.run import run_experiment
 from vardecouple.report import PLOTS, SECTIONS
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -71,7 +73,7 @@ def test_probe_reads_held_out_rows_of_base_and_every_trained_arm(finished: Path)
     assert list(probe["results"]) == ["base", "standard", "decoupled", "random"]
     assert probe["adapters"]["decoupled"].endswith("runs/decoupled/seed-0/adapter")
     assert probe["rows"] == 40 and probe["layers"] == [0, 1, 2, 3]
-    splits = experiment.prepare_data(load_config(finished / "mini.toml"))
+    splits = arms.prepare_data(load_config(finished / "mini.toml"))
     trained_on = {t for ex in splits.train for t in (ex.src_text, ex.tgt_text)}
     for code in ("deu_Latn", "nds_Latn"):
         rows = (out / "probe" / "rows" / f"{code}.txt").read_text().splitlines()
@@ -87,7 +89,7 @@ def test_copy_arm_scores_equal_sacrebleu_on_the_sources(finished: Path) -> None:
     out = finished / "out"
     results = json.loads((out / "results.json").read_text())
     config = load_config(finished / "mini.toml")
-    splits = experiment.prepare_data(config)
+    splits = arms.prepare_data(config)
     for d, m in results["runs"]["copy"]["0"]["metrics"].items():
         rows = [ex for ex in splits.test if f"{ex.src}->{ex.tgt}" == d]
         hyps = (out / m["hypotheses"]).read_text(encoding="utf-8").splitlines()
@@ -260,12 +262,12 @@ def test_best_dev_checkpoint_is_the_lowest_dev_loss_and_is_what_gets_evaluated(
     # the kept adapter reproduces the logged dev loss (independent recomputation)
     from peft import PeftModel
 
-    from vardecouple.train import dev_loss
+    from vardecouple.train.step import dev_loss
 
-    splits = experiment.prepare_data(config)
-    loaded = experiment.load_base(config, splits)
+    splits = arms.prepare_data(config)
+    loaded = arms.load_base(config, splits)
     model = PeftModel.from_pretrained(loaded.model, run / "best-adapter")
-    dev = experiment.tokenized_features(config, splits, loaded.tokenizer, examples=splits.dev)
+    dev = arms.tokenized_features(config, splits, loaded.tokenizer, examples=splits.dev)
     assert dev_loss(model, dev, loaded.tokenizer.pad_token_id) == pytest.approx(
         kept["dev_loss"], rel=1e-5
     )

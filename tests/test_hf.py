@@ -10,9 +10,10 @@ import torch
 from conftest import CORPORA
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.hf import add_decoupling
-from vardecouple.model import add_lora, load_model
-from vardecouple.train import collate, supervised_loss
+from vardecouple.model.load import load_model
+from vardecouple.model.lora import add_lora
+from vardecouple.train.hf import add_decoupling
+from vardecouple.train.step import collate, supervised_loss
 
 pytestmark = pytest.mark.usefixtures("corpora")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vardecouple.model import tiny_random
+from vardecouple.model.load import tiny_random
 
 HUB_ID = "vardecouple-test/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

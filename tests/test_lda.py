@@ -12,8 +12,9 @@ import statistics
 import pytest
 import torch
 
-from vardecouple.subspace import make_estimator, principal_angles
-from vardecouple.synthetic import planted_varieties
+from vardecouple.probes import make_estimator
+from vardecouple.probes.synthetic import planted_varieties
+from vardecouple.subspace import principal_angles
 
 
 def _angle(basis: torch.Tensor, target: torch.Tensor) -> float:

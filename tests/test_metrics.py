@@ -11,7 +11,7 @@ from sacrebleu.significance import PairedTest, estimate_ci
 
 from conftest import CORPORA
 from vardecouple.data import load_corpus
-from vardecouple.metrics import (
+from vardecouple.evaluate.metrics import (
     METRICS,
     BootstrapResult,
     bootstrap_ci,

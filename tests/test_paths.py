@@ -65,7 +65,7 @@ penalize = false
 def project(tmp_path_factory) -> Path:
     """``project/cfg/c.toml`` with ``cfg/data/deu-nds`` (a slice of the real corpus) and
     ``cfg/models/tiny``; the commands run from ``project/work``."""
-    from vardecouple.model import tiny_random
+    from vardecouple.model.load import tiny_random
 
     root = tmp_path_factory.mktemp("project")
     cfg = root / "cfg"

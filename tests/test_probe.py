@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from vardecouple.probe import GatedBayesianLinear
-from vardecouple.subspace import make_estimator, principal_angles
-from vardecouple.synthetic import planted_varieties
+from vardecouple.probes import make_estimator
+from vardecouple.probes.gated import GatedBayesianLinear
+from vardecouple.probes.synthetic import planted_varieties
+from vardecouple.subspace import principal_angles
 
 
 @pytest.mark.parametrize("seed", range(4))

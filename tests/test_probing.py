@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from conftest import CORPORA
-from vardecouple.cli import main
-from vardecouple.model import add_lora, load_model
-from vardecouple.probing import (
-    CODE_METRICS,
-    METRICS,
+from vardecouple.analysis.plots import CODE_METRICS, METRICS
+from vardecouple.analysis.probing import (
     load_rows,
     model_labels,
     parse_layers,
     run_probe,
     sentence_states,
 )
+from vardecouple.cli import main
+from vardecouple.model.load import load_model
+from vardecouple.model.lora import add_lora
 
 pytestmark = pytest.mark.usefixtures("corpora")
 FLORES_DEV = CORPORA / "flores200" / "dev"

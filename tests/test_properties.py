@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import MINI_CORE
-from vardecouple.config import ConfigError, load_config
 from vardecouple.data import load_corpus
 from vardecouple.data.errors import CorpusError
+from vardecouple.experiment.config import ConfigError, load_config
 
 CODES = ["deu_Latn", "nds_Latn", "arb_Arab", "arz_Arab"]
 # sentences: any text but control characters, surrogates (a newline would split it) and

@@ -16,7 +16,7 @@ import torch
 
 from conftest import CORPORA
 from vardecouple.decouple import projection_penalty
-from vardecouple.subspace import make_estimator
+from vardecouple.probes import make_estimator
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("corpora")]
 
@@ -36,7 +36,8 @@ def _every_thread(_one_thread_for_tiny_models: int):
 @pytest.fixture(scope="module")
 def real_states(corpora: Path):
     folder = corpora / "flores200" / "dev"
-    from vardecouple.model import layer_states, load_model
+    from vardecouple.model.load import load_model
+    from vardecouple.model.states import layer_states
 
     loaded = load_model("gemma3-270m")
     assert (loaded.num_layers, loaded.hidden_size) == (18, 640)
@@ -142,11 +143,13 @@ def test_decoupled_lora_steps_on_gemma_save_and_reload(tmp_path) -> None:
 
     from peft import PeftModel
 
-    from vardecouple.config import load_config
     from vardecouple.decouple import OnlineDecoupler
-    from vardecouple.experiment import prepare_data, tokenized_features
-    from vardecouple.model import add_lora, load_model
-    from vardecouple.train import collate, train
+    from vardecouple.experiment.arms import prepare_data, tokenized_features
+    from vardecouple.experiment.config import load_config
+    from vardecouple.model.load import load_model
+    from vardecouple.model.lora import add_lora
+    from vardecouple.train.loop import train
+    from vardecouple.train.step import collate
 
     example = Path(__file__).resolve().parents[1] / "examples" / "arabic-flores.toml"
     text = example.read_text().replace('root = "../../shared/corpora"', f'root = "{CORPORA}"')
@@ -211,8 +214,8 @@ def test_batched_decoding_matches_one_at_a_time_on_gemma() -> None:
     target is ≥ 99% identical; 16 sentences leave no room for a difference, and
     benchmarks/decode_speed.py found 32 of 32 identical)."""
     from vardecouple.data import Example, format_example
-    from vardecouple.decode import DecodeConfig, decode
-    from vardecouple.model import load_model
+    from vardecouple.evaluate.decode import DecodeConfig, decode
+    from vardecouple.model.load import load_model
 
     folder = CORPORA / "flores200" / "devtest"
     src = (folder / "arb_Arab.txt").read_text(encoding="utf-8").splitlines()[:16]
@@ -266,9 +269,9 @@ def test_shortlist_and_bf16_decoding_on_gemma() -> None:
     together), and the 262,144-row head is cut below 3%; bf16 decoding puts the float32
     weights back."""
     from vardecouple.data import Example, format_example
-    from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
-    from vardecouple.evaluate import target_shortlists
-    from vardecouple.model import load_model
+    from vardecouple.evaluate.decode import DecodeConfig, decode, prompt_ids, stop_ids
+    from vardecouple.evaluate.scoring import target_shortlists
+    from vardecouple.model.load import load_model
 
     folder = CORPORA / "flores200"
     src = (folder / "devtest" / "arb_Arab.txt").read_text(encoding="utf-8").splitlines()[:4]
@@ -308,9 +311,9 @@ def test_inference_time_erasure_on_gemma() -> None:
     zeroes the held-out overlap there (by construction) and the later layers are read
     against subspaces fitted on the unerased model."""
     from vardecouple.data import Example, LabelledSentence, format_example
-    from vardecouple.decode import DecodeConfig, decode
     from vardecouple.erase import EraseConfig, erasing, fit_erasure, later_overlaps
-    from vardecouple.model import load_model
+    from vardecouple.evaluate.decode import DecodeConfig, decode
+    from vardecouple.model.load import load_model
 
     dev = CORPORA / "flores200" / "dev"
     probe = [
@@ -346,9 +349,10 @@ def test_folded_and_bf16_probe_reads_and_a_bf16_step_on_gemma(corpora: Path) -> 
     model's (and puts the weights back); the opt-in bf16 read stays close; one bf16
     autocast training step gives the fp32 loss within 1% and nearly the same gradient."""
     from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
-    from vardecouple.model import add_lora, load_model
-    from vardecouple.states import folded_weights, token_states
-    from vardecouple.train import collate, supervised_loss
+    from vardecouple.model.load import load_model
+    from vardecouple.model.lora import add_lora
+    from vardecouple.model.states import folded_weights, token_states
+    from vardecouple.train.step import collate, supervised_loss
 
     loaded = load_model("gemma3-270m")
     add_lora(loaded, r=16, alpha=32, seed=0)

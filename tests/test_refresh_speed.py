@@ -10,8 +10,9 @@ import torch
 
 from conftest import CORPORA, Sentence
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.model import add_lora, load_model
-from vardecouple.states import folded_weights, token_states
+from vardecouple.model.load import load_model
+from vardecouple.model.lora import add_lora
+from vardecouple.model.states import folded_weights, token_states
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -113,13 +114,13 @@ def test_refresh_reads_the_drawn_rows_and_logs_whole_overlaps(adapted, monkeypat
     loaded, _ = adapted
     dec = _decoupler(adapted, fit_fraction=0.25)
     seen: list[int] = []
-    states = dec._states
+    states = dec.states
 
     def spy(model, tokenizer, sentences):
         seen.append(len(sentences))
         return states(model, tokenizer, sentences)
 
-    monkeypatch.setattr(dec, "_states", spy)
+    monkeypatch.setattr(dec, "states", spy)
     dec.refresh(loaded.model, loaded.tokenizer, 0)
     log = dec.refresh(loaded.model, loaded.tokenizer, 100)
     assert seen == [len(dec.fit_on), len(dec.measure), len(dec.fit_rows(100)), len(dec.measure)]

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import CORPORA, MINI_CORE, spread_tiny_model
-from vardecouple import evaluate
 from vardecouple.cli import main
-from vardecouple.config import load_config
 from vardecouple.data import load_corpus
-from vardecouple.experiment import prepare_data, run_experiment
+from vardecouple.evaluate import scoring as evaluate
+from vardecouple.experiment.arms import prepare_data
+from vardecouple.experiment.config import load_config
+from vardecouple.experiment.run import run_experiment
 
 pytestmark = pytest.mark.usefixtures("corpora")
 

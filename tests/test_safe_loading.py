@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from vardecouple.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vardecouple.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 class _Payload:
@@ -73,7 +73,7 @@ def test_tampered_or_incomplete_checkpoints_are_detected(tmp_path: Path) -> None
 
 
 def test_remote_code_is_off_unless_the_config_asks() -> None:
-    from vardecouple.config import ModelSection
+    from vardecouple.experiment.sections import ModelSection
 
     assert ModelSection(spec="x").trust_remote_code is False
 
@@ -81,7 +81,7 @@ def test_remote_code_is_off_unless_the_config_asks() -> None:
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory) -> Path:
     """A tiny Llama checkpoint folder (model and tokenizer), as a hub download leaves it."""
-    from vardecouple.model import tiny_random
+    from vardecouple.model.load import tiny_random
 
     model, tokenizer = tiny_random(["Der Hund hat gespielt.", "De Hund hett speelt."] * 4,
                                    num_layers=2, hidden_size=16)  # fmt: skip
@@ -100,8 +100,8 @@ def test_the_config_trust_remote_code_reaches_from_pretrained(
     (through the arm's loader): True only when the config sets it to true."""
     import transformers
 
-    from vardecouple.arms import load_base
-    from vardecouple.config import load_config
+    from vardecouple.experiment.arms import load_base
+    from vardecouple.experiment.config import load_config
 
     calls: list[tuple[str, object]] = []
 

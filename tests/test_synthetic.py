@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vardecouple.probes.synthetic import planted_varieties
 from vardecouple.subspace import principal_angles
-from vardecouple.synthetic import planted_varieties
 
 
 def _variances(d: int, seed: int = 0) -> torch.Tensor:

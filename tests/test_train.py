@@ -11,8 +11,10 @@ import torch
 from conftest import CORPORA
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.model import add_lora, load_model
-from vardecouple.train import TrainConfig, batches, collate, supervised_loss, train
+from vardecouple.model.load import load_model
+from vardecouple.model.lora import add_lora
+from vardecouple.train.loop import train
+from vardecouple.train.step import TrainConfig, batches, collate, supervised_loss
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -118,8 +120,8 @@ def test_decoupling_lowers_overlap_with_the_frozen_reference_in_every_seed(setup
 
 
 def test_resume_after_a_crash_is_exact(setup, tmp_path, monkeypatch) -> None:
-    import vardecouple.train as train_module
-    from vardecouple.checkpoint import trainable_state
+    import vardecouple.train.step as train_module
+    from vardecouple.train.checkpoint import trainable_state
 
     splits, texts = setup
 
@@ -202,7 +204,7 @@ def test_resume_after_a_crash_is_exact(setup, tmp_path, monkeypatch) -> None:
 
 
 def test_trimmed_vocabulary_loss_is_a_lower_bound_and_exact_with_the_full_vocabulary(setup) -> None:
-    from vardecouple.train import trimmed_vocab
+    from vardecouple.train.step import trimmed_vocab
 
     splits, texts = setup
     loaded = load_model("tiny-random", corpus_texts=texts)

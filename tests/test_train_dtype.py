@@ -12,8 +12,10 @@ import torch
 from conftest import CORPORA
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.model import add_lora, load_model
-from vardecouple.train import TrainConfig, batches, collate, supervised_loss, train
+from vardecouple.model.load import load_model
+from vardecouple.model.lora import add_lora
+from vardecouple.train.loop import train
+from vardecouple.train.step import TrainConfig, batches, collate, supervised_loss
 
 pytestmark = pytest.mark.usefixtures("corpora")
 

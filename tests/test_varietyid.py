@@ -8,7 +8,7 @@ import pytest
 
 from conftest import CORPORA
 from vardecouple.data import load_corpus
-from vardecouple.varietyid import OTHER, VarietyIdentifier
+from vardecouple.evaluate.varietyid import OTHER, VarietyIdentifier
 
 FLORES = CORPORA / "flores200"
 ARABIC = ["arb_Arab", "arz_Arab", "ary_Arab", "apc_Arab"]

@@ -10,7 +10,7 @@ replaced, during the forward pass, by
 where :math:`(U_l, c_l)` is the :class:`~vardecouple.subspace.Subspace` that an
 estimator fits on **the model's own** states of the probe set (the standard variety vs
 the others): exactly the estimate the online decoupler starts training from (its
-step-0 refresh, :meth:`~vardecouple.decouple.OnlineDecoupler.refresh`, fitted on the
+step-0 refresh, :meth:`~vardecouple.probes.online.OnlineProbe.refresh`, fitted on the
 probe rows outside its held-out ``measure_fraction``). ``α = 0`` is the identity
 (generation is unchanged token for token), ``α = 1`` removes the subspace at that layer,
 ``α > 1`` reflects it.
@@ -24,70 +24,43 @@ overlap of each variety there without and with erasure.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from vardecouple.decouple import DecouplerConfig, OnlineDecoupler, ProbeSentence
-from vardecouple.states import decoder_layers
-from vardecouple.subspace import ESTIMATORS, Subspace
+from vardecouple.model.states import decoder_layers
+from vardecouple.probes.online import OnlineProbe, ProbeConfig, ProbeSentence
+from vardecouple.subspace import Subspace
 
 __all__ = ["EraseConfig", "Erasure", "erasing", "fit_erasure", "later_overlaps"]
 
 
-@dataclass(frozen=True)
-class EraseConfig:
-    """What is erased, where and how strongly.
-
-    ``layers=None`` means the middle layer ``L // 2`` (the decoupler's default);
-    ``estimator``/``rank``/``estimator_options`` fit the subspace (any of
-    :data:`~vardecouple.subspace.ESTIMATORS`); ``seed`` drives the probe split and
-    gradient-based estimators.
+@dataclass
+class EraseConfig(ProbeConfig):
+    """What is erased, where and how strongly: ``alpha`` and the probe settings of
+    :class:`~vardecouple.probes.online.ProbeConfig` (``layers=None``: the middle layer
+    ``L // 2``; ``estimator``/``rank``/``estimator_options`` fit the subspace; ``seed``
+    drives the probe split and gradient-based estimators). No reference ``U₀`` is fitted.
     """
 
-    layers: tuple[int, ...] | None = None
+    section = "erase"
+
     alpha: float = 1.0
-    estimator: str = "lda"
-    rank: int = 1
-    estimator_options: dict[str, Any] = field(default_factory=dict)
-    measure_fraction: float = 0.25
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"erase: alpha must be a finite number >= 0, got {self.alpha}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"erase: unknown estimator {self.estimator!r}; expected one of "
-                f"{', '.join(ESTIMATORS)}"
-            )
-        if self.rank < 1:
-            raise ValueError(f"erase: rank must be >= 1, got {self.rank}")
-        if self.layers is not None and not self.layers:
-            raise ValueError("erase: layers must name at least one layer (or be None)")
+        super().__post_init__()
+        ok = math.isfinite(self.alpha) and self.alpha >= 0
+        self.require((ok, f"alpha must be a finite number >= 0, got {self.alpha}"))
 
-    def decoupler(self, layers: Sequence[int] | None = None) -> DecouplerConfig:
-        """The (never penalising) decoupler settings whose step-0 refresh fits the subspaces."""
-        return DecouplerConfig(
-            estimator=self.estimator,
-            rank=self.rank,
-            estimator_options=dict(self.estimator_options),
-            reference_estimator=self.estimator,
-            reference_rank=self.rank,
-            layers=tuple(layers) if layers is not None else self.layers,
-            penalize=False,
-            measure_fraction=self.measure_fraction,
-            probe_batch_size=self.batch_size,
-            max_length=self.max_length,
-            seed=self.seed,
-        )
+    def at(self, layers: Sequence[int]) -> EraseConfig:
+        """The same settings at ``layers``."""
+        return dataclasses.replace(self, layers=tuple(layers))
 
 
 @dataclass(frozen=True)
@@ -112,10 +85,9 @@ def fit_erasure(
     model: nn.Module, tokenizer: Any, probe: Sequence[ProbeSentence], config: EraseConfig
 ) -> Erasure:
     """Fit the subspace of every erased layer on ``model``'s own states of ``probe``."""
-    num_layers = len(decoder_layers(model))
-    decoupler = OnlineDecoupler(config.decoupler(), probe, num_layers)
-    log = decoupler.refresh(model, tokenizer, step=0)
-    return Erasure(dict(decoupler.subspaces), config.alpha, log)
+    online = OnlineProbe(config, probe, len(decoder_layers(model)), reference=False)
+    log = online.refresh(model, tokenizer, step=0)
+    return Erasure(dict(online.subspaces), config.alpha, log)
 
 
 @contextmanager
@@ -166,10 +138,10 @@ def later_overlaps(
     """
     num_layers = len(decoder_layers(model))
     layers = list(range(min(erasure.subspaces), num_layers))
-    decoupler = OnlineDecoupler(config.decoupler(layers), probe, num_layers)
-    plain = decoupler.refresh(model, tokenizer, step=0)["overlap"]
+    online = OnlineProbe(config.at(layers), probe, num_layers, reference=False)
+    plain = online.refresh(model, tokenizer, step=0)["overlap"]
     with erasing(model, erasure):
-        held, _, varieties = decoupler._states(model, tokenizer, decoupler.measure)
+        held, _, varieties = online.states(model, tokenizer, online.measure)
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for i in layers:
@@ -178,7 +150,7 @@ def later_overlaps(
             rows = torch.tensor([v == variety for v in varieties])
             per[variety] = {
                 "plain": plain[str(i)][variety]["own"],
-                "erased": decoupler.subspaces[i].overlap(held[i][rows]),
+                "erased": online.subspaces[i].overlap(held[i][rows]),
             }
         out[str(i)] = per
     return out

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 __all__ = ["LineProgress", "progress"]
 
 
@@ -108,8 +110,6 @@ def progress(
         return LineProgress(iterable, total=total, desc=desc, unit=unit, disable=True,
                             initial=initial)  # fmt: skip
     if _is_terminal(stream):
-        from tqdm.auto import tqdm
-
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial,
                     file=stream)  # fmt: skip
     # an inner loop (leave=False: one of many) reports only every 30 s and at its end

@@ -1,4 +1,4 @@
-r"""Linear subspaces of a model's hidden-state space, and the estimators that find them.
+r"""Linear subspaces of a model's hidden-state space.
 
 A :class:`Subspace` is an affine subspace ``c + span(U)`` of :math:`\mathbb{R}^d`, where
 ``U`` is a :math:`d \times k` matrix with orthonormal columns and ``c`` a centre. For a
@@ -15,40 +15,23 @@ hidden state :math:`h`:
 The overlap is a ratio of sums (not a mean of ratios), so high-norm tokens weigh
 more, as they do in the model.
 
-:func:`make_estimator` builds the estimators that produce subspaces from labelled hidden
-states (label 0 = the standard variety, 1..m = the other varieties). Every estimator
-has ``fit`` (from scratch), ``update`` (online: tracks the current model without a
-refit) and ``state_dict`` / ``load_state_dict``; internally each separates *accumulate*
-(per-batch statistics or gradients), *reduce* (a sum, all-reduced across processes by
-the ``all_reduce`` callable when one is given) and *solve*.
+The estimators that find subspaces from labelled hidden states live in
+:mod:`vardecouple.probes`; this module imports nothing of the package.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "ESTIMATORS",
-    "Subspace",
-    "SubspaceEstimator",
-    "make_estimator",
-    "overlap_ratio",
-    "principal_angles",
-]
-
-AllReduce = Callable[[Tensor], None]
-"""Sums a tensor in place across processes (e.g. ``torch.distributed.all_reduce``)."""
+__all__ = ["Subspace", "compute_dtype", "overlap_ratio", "principal_angles"]
 
 _ORTHONORMAL_TOL = 1e-4
 
 
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """fp32, or fp64 when any input already is fp64 (never half precision)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -87,7 +70,7 @@ class Subspace:
             raise ValueError(f"Subspace basis: expected 1 <= rank <= dim, got rank {k} in dim {d}")
         if not basis.is_floating_point():
             raise ValueError(f"Subspace basis: expected a float tensor, got {basis.dtype}")
-        basis = basis.detach().to(_compute_dtype(basis))
+        basis = basis.detach().to(compute_dtype(basis))
         if not torch.isfinite(basis).all():
             raise ValueError("Subspace basis: expected finite values, found NaN or inf")
         gram = basis.T @ basis
@@ -130,7 +113,7 @@ class Subspace:
         return h
 
     def _operands(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dtype = _compute_dtype(h, self.basis)
+        dtype = compute_dtype(h, self.basis)
         u = self.basis.to(device=h.device, dtype=dtype)
         c = self.center.to(device=h.device, dtype=dtype)  # type: ignore[union-attr]
         return h.to(dtype) - c, u, c
@@ -237,7 +220,7 @@ class Subspace:
         if s.numel() == 0 or s[0].item() == 0.0:
             raise ValueError("Subspace.from_vectors: expected at least one non-zero vector")
         keep = s > rtol * s[0]
-        return cls(u[:, keep].to(_compute_dtype(vectors)), center)
+        return cls(u[:, keep].to(compute_dtype(vectors)), center)
 
 
 def principal_angles(a: Tensor, b: Tensor) -> Tensor:
@@ -267,163 +250,3 @@ def principal_angles(a: Tensor, b: Tensor) -> Tensor:
     sin = torch.linalg.svdvals(residual).clamp(max=1.0).flip(0)  # ascending
     angles = torch.where(cos.square() < 0.5, torch.arccos(cos), torch.arcsin(sin))
     return torch.rad2deg(angles).sort().values
-
-
-# --------------------------------------------------------------------- estimators
-class SubspaceEstimator(ABC):
-    """Base of every estimator: labelled states ``(n, d)`` in, a :class:`Subspace` out.
-
-    ``fit`` estimates from scratch; ``update`` tracks the *current* model online:
-    statistics-based estimators discount their old statistics by ``forgetting`` and
-    add the new ones, gradient-based probes warm-start from their previous weights and
-    take a few steps. ``last_iterations`` counts the solver iterations (optimizer steps
-    or fixed-point sweeps) of the last call, a machine-independent measure of its cost.
-    """
-
-    name: str = ""
-    needs_labels: bool = False
-
-    def __init__(self, rank: int, *, all_reduce: AllReduce | None = None) -> None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"estimator {self.name!r}: rank must be an integer >= 1, got {rank!r}")
-        self.rank = rank
-        self.all_reduce = all_reduce
-        self.subspace: Subspace | None = None
-        self.last_iterations = 0
-
-    def _reduce(self, tensors: list[Tensor]) -> None:
-        """The *reduce* step: sum each tensor in place across processes."""
-        if self.all_reduce is not None:
-            for t in tensors:
-                self.all_reduce(t)
-
-    def _validate(self, states: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Checks shapes and values; returns (fp32/fp64 states, int64 labels)."""
-        if not isinstance(states, Tensor) or states.ndim != 2:
-            shape = tuple(states.shape) if isinstance(states, Tensor) else type(states).__name__
-            raise ValueError(f"{self.name}: states must be a 2-D (n, dim) tensor, got {shape}")
-        if not states.is_floating_point():
-            raise ValueError(f"{self.name}: states must be a float tensor, got {states.dtype}")
-        n, d = states.shape
-        if n < 2:
-            raise ValueError(f"{self.name}: expected at least 2 states, got {n}")
-        if self.rank > d:
-            raise ValueError(f"{self.name}: rank {self.rank} exceeds the state dimension {d}")
-        if not torch.isfinite(states).all():
-            raise ValueError(f"{self.name}: states contain NaN or inf; expected finite values")
-        states = states.detach().to(_compute_dtype(states))
-        if labels is None:
-            if self.needs_labels:
-                raise ValueError(
-                    f"{self.name}: labels are required (0 = standard variety, 1..m = others)"
-                )
-            return states, torch.zeros(n, dtype=torch.long, device=states.device)
-        if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != n:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"{self.name}: labels must be a 1-D tensor of length {n}, got {shape}")
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"{self.name}: labels must be integers, got {labels.dtype}")
-        labels = labels.to(device=states.device, dtype=torch.long)
-        if labels.min().item() < 0:
-            raise ValueError(f"{self.name}: labels must be >= 0 (0 = standard variety)")
-        return states, labels
-
-    @abstractmethod
-    def fit(self, states: Tensor, labels: Tensor | None = None) -> Subspace:
-        """Estimate from scratch."""
-
-    @abstractmethod
-    def update(self, states: Tensor, labels: Tensor | None = None) -> Subspace:
-        """Track the current model: warm start / discounted statistics; never a refit."""
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Plain tensors and numbers, enough to resume exactly."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(rank={self.rank})"
-
-
-def _registry() -> dict[str, type[SubspaceEstimator]]:
-    from vardecouple.estimators import (
-        LDAEstimator,
-        LeaceEstimator,
-        MeanDiffEstimator,
-        PCAEstimator,
-        RandomEstimator,
-    )
-    from vardecouple.generative import GenerativeProbeEstimator
-    from vardecouple.probe import VariationalProbeEstimator
-
-    classes: list[type[SubspaceEstimator]] = [
-        VariationalProbeEstimator,
-        GenerativeProbeEstimator,
-        PCAEstimator,
-        MeanDiffEstimator,
-        LeaceEstimator,
-        LDAEstimator,
-        RandomEstimator,
-    ]
-    return {cls.name: cls for cls in classes}
-
-
-ESTIMATORS: tuple[str, ...] = (
-    "variational",
-    "variational-generative",
-    "pca",
-    "mean-diff",
-    "leace",
-    "lda",
-    "random",
-)
-"""Names accepted by :func:`make_estimator`."""
-
-
-def _keyword_options(cls: type) -> list[str]:
-    """Keyword-only constructor options of ``cls``, following ``**kwargs`` up the MRO."""
-    import inspect
-
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names += [
-            p.name
-            for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names
-        ]
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            break
-    return names
-
-
-def make_estimator(name: str, rank: int, **options: Any) -> SubspaceEstimator:
-    """Build the estimator called ``name`` (one of :data:`ESTIMATORS`) with ``rank``.
-
-    ``options`` go to the estimator's constructor; unknown options are a ValueError
-    naming the ones it accepts.
-    """
-    registry = _registry()
-    if name not in registry:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), ESTIMATORS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown estimator {name!r}{hint}; expected one of {', '.join(ESTIMATORS)}"
-        )
-    cls = registry[name]
-    accepted = _keyword_options(cls)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"estimator {name!r}: unknown option(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(accepted) or 'none'}"
-        )
-    return cls(rank, **options)

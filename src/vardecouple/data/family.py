@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 
-from vardecouple.atomic import write_text_atomic
+from vardecouple.io import write_text_atomic
 
 from .corpus import Corpus
 

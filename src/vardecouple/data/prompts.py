@@ -55,7 +55,7 @@ def format_example(
     return str(prompt), f"{example.tgt_text}{eos}"
 
 
-def _prompt_ids(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:
+def prompt_token_ids(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:
     """``(leading special tokens, prompt tokens)``; trailing special tokens are dropped."""
     plain = list(tokenizer.encode(prompt, add_special_tokens=False))
     full = list(tokenizer.encode(prompt, add_special_tokens=True))
@@ -87,7 +87,7 @@ def tokenize_example(
         CorpusError: the target has no tokens, or ``max_length`` leaves no room
             for one target token after the leading special tokens.
     """
-    prefix, prompt_ids = _prompt_ids(tokenizer, prompt)
+    prefix, prompt_ids = prompt_token_ids(tokenizer, prompt)
     target_ids = list(tokenizer.encode(target, add_special_tokens=False))
     if not target_ids:
         raise _fail(f"target {target!r} has no tokens", "a non-empty target")

@@ -1,0 +1,147 @@
+"""The results contract (``docs/results-contract.md``): ``results.json``, its schema,
+provenance and the numbers derived from the per-run metrics.
+
+- :func:`validate_results` checks a results dict against the JSON Schema shipped in
+  ``schemas/results.schema.json`` (``schema_version`` 1).
+- :func:`provenance`: package versions, git SHA, the model weights' SHA-256, command,
+  machine and start time.
+- :func:`summarize`: mean and sample sd over seeds per arm, direction and metric.
+- :func:`deltas_vs_standard`: for every arm, the paired bootstrap of its score minus the
+  ``standard`` arm's, per direction, for the mean over the low-resource directions
+  (``mean_low_resource``) and over the directions into the standard variety
+  (``mean_standard``, the trade-off); sentences resampled paired across systems, seeds
+  averaged inside each resample.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vardecouple.evaluate.metrics import paired_bootstrap
+from vardecouple.io import sha256_file, write_json_atomic
+from vardecouple.report.data import schema_problem
+
+__all__ = [
+    "deltas_vs_standard",
+    "provenance",
+    "summarize",
+    "validate_results",
+    "write_json_atomic",
+]
+
+METRICS = ("chrf++", "bleu", "target_variety_rate")
+
+
+def provenance(source: str, command: str) -> dict[str, Any]:
+
+    try:
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    src = Path(source)
+    weights = sorted(src.glob("*.safetensors")) if src.is_dir() else [src] if src.is_file() else []
+    digest = None
+    if weights:
+        digest = ",".join(sha256_file(w) for w in weights)
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in info.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    return {
+        **{
+            name: version(name)
+            for name in ("vardecouple", "torch", "transformers", "peft", "sacrebleu")
+        },
+        "git_sha": sha,
+        "model_sha256": digest,
+        "command": command,
+        "machine": f"{platform.system()} {platform.release()}, {cpu}, torch threads "
+        f"{torch.get_num_threads()}",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def mean_sd(values: list[float]) -> dict[str, Any]:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "n_seeds": len(values)}
+
+
+def validate_results(results: dict[str, Any]) -> None:
+    """Check ``results`` against the shipped JSON Schema (``schemas/results.schema.json``)."""
+    problem = schema_problem(results)
+    if problem is not None:
+        raise ValueError(f"results.json: {problem[0] or '(top)'}: {problem[1]}")
+
+
+def summarize(runs: Mapping[str, Mapping[str, Any]], directions: Sequence[str]) -> dict[str, Any]:
+    """``summary[ARM][DIRECTION][METRIC] = {mean, sd, n_seeds}`` over the arm's seeds."""
+    return {
+        arm: {
+            d: {m: mean_sd([seeds[s]["metrics"][d][m] for s in seeds]) for m in METRICS}
+            for d in directions
+        }
+        for arm, seeds in runs.items()
+    }
+
+
+def deltas_vs_standard(
+    runs: Mapping[str, Mapping[str, Any]],
+    refs: Mapping[str, list[str]],
+    kinds: Mapping[str, str],
+    hypotheses: Callable[[str, str, str], list[str]],
+    *,
+    n_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired-bootstrap deltas of every arm against ``standard`` (empty without it).
+
+    ``hypotheses(arm, seed, direction)`` reads one run's outputs; ``refs`` and ``kinds``
+    are per direction.
+    """
+
+    if "standard" not in runs:
+        return {}
+
+    def sets(arm: str, d: str) -> list[list[str]]:
+        return [hypotheses(arm, s, d) for s in runs[arm]]
+
+    low = [d for d in refs if kinds[d] == "low-resource"]
+    into = [d for d in refs if kinds[d] == "standard"]
+    groups = [(d, [d]) for d in refs]
+    means = (("mean_low_resource", low), ("mean_standard", into))
+    groups += [(name, ds) for name, ds in means if ds]
+    out: dict[str, Any] = {}
+    for arm in runs:
+        if arm == "standard":
+            continue
+        out[arm] = {}
+        for name, dirs in groups:
+            blocks = [(refs[d], sets(arm, d), sets("standard", d)) for d in dirs]
+            out[arm][name] = {
+                m: paired_bootstrap(blocks, metric=m, n_samples=n_samples, seed=seed).to_dict()
+                for m in ("chrf++", "bleu")
+            }
+    return out

@@ -1,0 +1,297 @@
+"""Experiments: every arm × seed of a config trained, evaluated and summarised.
+
+:func:`run_experiment` (``vardecouple run``) trains and evaluates each arm with each seed
+into ``OUT/runs/ARM/seed-S/`` (resumable at arm, seed and checkpoint granularity; a
+finished one is never recomputed), then writes ``OUT/results.json``
+(:mod:`vardecouple.experiment.results`) and ``OUT/report.md`` (:mod:`vardecouple.report`).
+:func:`evaluate_one` (``vardecouple eval``) evaluates one model and adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vardecouple import __version__
+from vardecouple.analysis.probing import run_probe
+from vardecouple.data import Splits
+from vardecouple.evaluate.metrics import signatures
+from vardecouple.evaluate.scoring import decoding_record, direction_kinds, read_lines
+from vardecouple.experiment.arms import (
+    load_base,
+)
+from vardecouple.experiment.config import ExperimentConfig
+from vardecouple.experiment.context import RunContext, check_inputs
+from vardecouple.experiment.evaluation import evaluate_arm_seed
+from vardecouple.experiment.jobs import run_parallel
+from vardecouple.experiment.results import (
+    deltas_vs_standard,
+    provenance,
+    summarize,
+    validate_results,
+)
+from vardecouple.io import write_json_atomic, write_lines_atomic, write_text_atomic
+from vardecouple.report import write_report
+
+__all__ = ["held_out_rows", "run_experiment", "run_state"]
+
+
+def _arm_order(config: ExperimentConfig) -> list[str]:
+    """copy/base first, then trained arms, a matched arm after the arm it matches, then
+    the erase arms (they read a trained arm's adapters)."""
+    names = list(config.arms)
+    fixed = [a for a in names if config.arm(a).kind in ("copy", "base")]
+    plain = [
+        a for a in names if config.arm(a).kind == "train" and not config.arm(a).match_penalty_of
+    ]
+    matched = [a for a in names if config.arm(a).kind == "train" and a not in plain]
+    return fixed + plain + matched + [a for a in names if config.arm(a).kind == "erase"]
+
+
+def _seeds(config: ExperimentConfig, arm: str) -> list[int]:
+    """Every seed for trained arms and erasure on them; the first for the others."""
+    settings = config.arm(arm)
+    if settings.kind == "train" or (settings.kind == "erase" and settings.erase_on):
+        return list(config.train.seeds)
+    return list(config.train.seeds[:1])
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    command: str = "",
+    overwrite: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
+) -> Path:
+    """Train and evaluate every arm × seed; write ``results.json`` and ``report.md``.
+
+    Resumable: a finished arm/seed (its ``eval.json``) is never recomputed; a started
+    one resumes from its checkpoint; hypotheses already decoded are read back.
+    ``jobs > 1`` trains the seeds of an arm in that many processes at once (each with
+    ``torch threads / jobs`` threads); the numbers are those of a sequential run.
+    """
+    if jobs < 1:
+        raise ValueError(f"run: jobs={jobs} must be ≥ 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "run: runs in one process (decoding is not sharded); train arms on several "
+            "processes with `torchrun … vardecouple train`, then evaluate them with `eval`"
+        )
+
+    out = Path(out_dir)
+    config = config.with_recorded_defaults(out)  # a folder keeps the defaults it began with
+    resolved = _resolved(config)
+    done_file = out / "results.json"
+    started = time.perf_counter()
+    # every check that can fail on the user's input runs before the first byte is written,
+    # and before the folder's state is looked at (a typo is reported as a typo)
+    context = check_inputs(config)
+    if overwrite:
+        _check_overwrite(out)
+    elif run_state(config, out) == "finished":
+        raise FileExistsError(
+            f"run: {out} holds a finished run (arms {', '.join(config.arms)} done); "
+            "choose another folder or pass --overwrite"
+        )
+    saved, prov_file = out / "config.json", out / "provenance.json"
+    fresh = overwrite or not prov_file.exists()
+    context.out, context.progress = out, progress
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    splits, tests, ev = context.splits, context.tests, config.eval
+    write_json_atomic(saved, resolved)
+    write_text_atomic(out / "splits.txt", splits.describe() + "\n")
+    kinds = direction_kinds(list(tests), config.data.standard, config.data.varieties)
+    if fresh:
+        record = provenance(context.base.source, command)
+        write_json_atomic(prov_file, record)
+    else:
+        record = json.loads(prov_file.read_text())
+    runs: dict[str, dict[str, Any]] = {}
+    order = _arm_order(config)
+    total = sum(len(_seeds(config, a)) for a in order)
+    done = [
+        (a, s) for a in order for s in _seeds(config, a)
+        if (out / "runs" / a / f"seed-{s}" / "eval.json").exists()
+    ]  # fmt: skip
+    say = _reporter(out, progress, total, len(done))
+    say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
+    for arm in order:
+        settings = config.arm(arm)
+        seeds = _seeds(config, arm)
+        todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
+        if jobs > 1 and settings.kind == "train" and len(todo) > 1:
+            say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
+            run_parallel(config, out, arm, todo, jobs, on_done=lambda seed, a=arm: say(a, seed))
+        else:
+            for seed in todo:
+                evaluate_arm_seed(context, arm, seed)
+                say(arm, seed)
+        for seed in seeds:
+            finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
+            runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
+    context.base = None
+    probe = _probe(config, context, out) if config.probe is not None else None
+    record = record | {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    refs = {d: [ex.tgt_text for ex in rows] for d, rows in tests.items()}
+
+    def hypotheses(arm: str, seed: str, d: str) -> list[str]:
+        return read_lines(out / runs[arm][seed]["metrics"][d]["hypotheses"], len(tests[d]))
+
+    deltas = deltas_vs_standard(
+        runs, refs, kinds, hypotheses, n_samples=ev.bootstrap_samples, seed=ev.bootstrap_seed
+    )
+    results = {
+        "schema_version": 1,
+        "config": resolved,
+        "provenance": record,
+        "signatures": signatures(),
+        "directions": {d: {"kind": kinds[d], "n": len(tests[d])} for d in tests},
+        "variety_identifier": context.identifier_info,
+        "bootstrap": {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed},
+        "decoding": decoding_record(context.decoding, ev.shortlist, None),
+        "runs": runs,
+        "summary": summarize(runs, list(tests)),
+        "deltas": deltas,
+    }
+    if probe is not None:
+        results["probe"] = str(probe.relative_to(out))
+    validate_results(results)
+    write_json_atomic(done_file, results)
+
+    write_report(out, command=command)
+    return done_file
+
+
+def _resolved(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as a run folder records it (``config.json``): JSON values only."""
+    return json.loads(json.dumps(config.model_dump(exclude={"source", "data_root"})))
+
+
+def run_state(config: ExperimentConfig, out_dir: str | Path) -> str:
+    """``new``, ``partial`` (a started run of this config: it resumes) or ``finished``.
+
+    A folder holding a run of another config or another vardecouple version, or files
+    that are no run, raises :class:`FileExistsError` (one line naming what to do)."""
+
+    out = Path(out_dir)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "new"
+    if not out.is_dir():
+        raise FileExistsError(f"run: --out {out} is a file; choose a folder")
+    saved, prov = out / "config.json", out / "provenance.json"
+    if not saved.is_file():
+        raise FileExistsError(
+            f"run: {out} is not empty and holds no run (no config.json); choose another --out"
+        )
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if before != _resolved(config):
+        raise FileExistsError(
+            f"run: {out} holds a run of a different config ({saved} differs); pass "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if prov.is_file():
+        version = json.loads(prov.read_text(encoding="utf-8")).get("vardecouple")
+        if version != __version__:
+            raise FileExistsError(
+                f"run: {out} holds a run of vardecouple {version} (this is {__version__}); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+    return "finished" if (out / "results.json").is_file() else "partial"
+
+
+def _check_overwrite(out: Path) -> None:
+    """``--overwrite`` deletes a run folder, and nothing else."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(
+            f"run: {out} holds no run (no config.json); --overwrite only replaces a run folder"
+        )
+
+
+def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
+    """Aligned rows of the dev and test groups that have every code (row order kept)."""
+    groups: dict[int, dict[str, str]] = {}
+    for ex in [*splits.dev, *splits.test]:
+        row = groups.setdefault(ex.group, {})
+        row.setdefault(ex.src, ex.src_text)
+        row.setdefault(ex.tgt, ex.tgt_text)
+    rows = [r for _, r in sorted(groups.items()) if all(c in r for c in codes)]
+    return {c: [r[c] for r in rows] for c in codes}
+
+
+def _probe(config: ExperimentConfig, ctx: RunContext, out: Path) -> Path:
+    """``vardecouple probe`` of base + each trained arm's first seed on held-out rows."""
+
+    folder, p = out / "probe", config.probe
+    assert p is not None
+    if (folder / "probe.json").exists():
+        return folder / "probe.json"  # resumed: already probed
+    codes = [config.data.standard, *config.data.varieties]
+    rows = held_out_rows(ctx.splits, codes)
+    n = min(len(rows[codes[0]]), p.max_rows)
+    if n <= p.rank:
+        raise ValueError(
+            f"config {config.source}: [probe] needs more than rank={p.rank} held-out rows with "
+            f"every variety; the dev and test splits have {n}; raise data.test_rows"
+        )
+    for code, lines in rows.items():
+        write_lines_atomic(folder / "rows" / f"{code}.txt", lines[:n])
+    seed = config.train.seeds[0]
+    name = "best-adapter" if config.eval.checkpoint == "best-dev" else "adapter"
+    arms = [a for a in _arm_order(config) if config.arm(a).kind == "train"]
+    adapters = [out / "runs" / arm / f"seed-{seed}" / name for arm in arms]
+    return run_probe(
+        config.model.spec,
+        folder / "rows",
+        config.data.standard,
+        folder,
+        varieties=config.data.varieties,
+        adapters=adapters,
+        layers=p.layers,
+        max_rows=n,
+        rank=p.rank,
+        batch_size=p.batch_size,
+        max_length=config.data.max_length,
+        seed=p.seed,
+        progress=ctx.progress,
+        loader=lambda: load_base(config, ctx.splits),
+        labels=arms,
+    )
+
+
+def _reporter(out: Path, progress: bool, total: int, done: int) -> Any:
+    """``say(arm, seed)``: one line as each arm × seed result is made (with its train and
+    eval seconds); ``say(None, None, text)``: a line of its own. Silent without progress."""
+
+    count = [done]
+    started = time.perf_counter()
+
+    def say(arm: str | None, seed: int | None, text: str | None = None) -> None:
+        if not progress:
+            return
+        if arm is not None:
+            count[0] += 1
+            record = json.loads((out / "runs" / arm / f"seed-{seed}" / "eval.json")
+                                .read_text(encoding="utf-8"))  # fmt: skip
+            trained = (f"trained {record['steps']} steps in {record['train_seconds']:.0f} s, "
+                       if record["steps"] else "")  # fmt: skip
+            text = (f"[{count[0]}/{total}] {arm} seed {seed} done: {trained}evaluated in "
+                    f"{record['eval_seconds']:.0f} s; {time.perf_counter() - started:.0f} s "
+                    "into this run")  # fmt: skip
+        print(f"run: {text}", file=sys.stderr, flush=True)
+
+    return say

@@ -1,0 +1,175 @@
+"""A finished run's results as the report reads them: results.json validated against
+the shipped JSON Schema, its scores per arm, direction and seed, and number formats."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+__all__ = [
+    "ALPHA",
+    "MEANS",
+    "MEAN_LR",
+    "MEAN_STD",
+    "NAMES",
+    "RunView",
+    "Tables",
+    "fmt",
+    "fmt_p",
+    "layer_key",
+    "load_results",
+    "md_table",
+    "mean_of",
+    "schema_problem",
+    "signed",
+]
+ALPHA = 0.05
+MEAN_LR = "mean_low_resource"
+MEAN_STD = "mean_standard"  # the trade-off: directions into the standard variety
+MEANS = {MEAN_LR: "mean over low-resource", MEAN_STD: "mean into the standard"}
+NAMES = {"chrf++": "chrF++", "bleu": "BLEU", "target_variety_rate": "Target-variety rate (%)"}
+Tables = list[dict[str, Any]]  # one overlap table {VARIETY: {own, reference}} per seed
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/results.json``, validated; ValueError (one line: the file, the first problem)."""
+    path = Path(run_dir) / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"report: {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"report: {path}: not valid JSON: {exc}") from None
+    problem = schema_problem(data)
+    if problem is not None:
+        where, msg = problem
+        msg = " ".join(msg.split())
+        msg = msg if len(msg) <= 200 else msg[:197] + "..."
+        raise ValueError(f"report: {path}: invalid results at {where or 'top level'}: {msg}")
+    return data
+
+
+def schema_problem(results: Any) -> tuple[str, str] | None:
+    """The most telling violation of the shipped JSON Schema (``schemas/results.schema.json``)
+    by ``results``, as ``(path, message)`` (path ``""`` at the top level), or None."""
+    schema = json.loads((files("vardecouple") / "schemas" / "results.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(results))
+    if error is None:
+        return None
+    return "/".join(str(p) for p in error.absolute_path), error.message
+
+
+def signed(x: float, digits: int = 2) -> str:
+    s = f"{x:+.{digits}f}"
+    return "±" + s[1:] if float(s) == 0 else s.replace("-", "−")
+
+
+def fmt_p(p: float) -> str:
+    """``0.270`` / ``< 0.001``, never rounded across :data:`ALPHA`."""
+    s = f"{p:.3f}"
+    s = s if (float(s) < ALPHA) == (p < ALPHA) else f"{p:.5f}"
+    return "< 0.001" if p < 0.001 else s
+
+
+def mean_of(xs: list[Any]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def layer_key(layer: str) -> tuple[bool, int, str]:
+    return (not layer.isdigit(), int(layer) if layer.isdigit() else 0, layer)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = [[str(c).replace("|", "\\|") for c in r] for r in rows]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+class RunView:
+    """Views of a validated results.json."""
+
+    def __init__(self, run_dir: Path, res: dict[str, Any]) -> None:
+        self.dir, self.res = run_dir, res
+        self.config: dict[str, Any] = res["config"]
+        self.data: dict[str, Any] = self.config.get("data", {})
+        self.runs: dict[str, dict[str, Any]] = res["runs"]
+        arms = [*self.runs, *(a for a in res["summary"] if a not in self.runs)]
+        self.arms = arms + [a for a in res["deltas"] if a not in arms]
+        self.dirs = list(res["directions"]) or sorted(
+            {d for seeds in self.runs.values() for r in seeds.values() for d in r["metrics"]}
+        )
+        kinds = {d: v["kind"] for d, v in res["directions"].items()}
+        low = [d for d in self.dirs if kinds.get(d) == "low-resource"]
+        into_std = [d.split("->")[-1] for d in self.dirs if kinds.get(d) == "standard"]
+        self.standard = self.data.get("standard") or (into_std[0] if into_std else None)
+        self.varieties = self.data.get("varieties") or sorted({d.split("->")[-1] for d in low})
+        self.colors = {a: f"C{i % 10}" for i, a in enumerate(self.arms)}
+
+    def kind(self, arm: str) -> str:
+        return next((r["kind"] for r in self.runs.get(arm, {}).values()), "—")
+
+    def values(self, arm: str, d: str, key: str) -> list[Any]:
+        seeds = self.runs.get(arm, {}).values()
+        return [r["metrics"][d][key] for r in seeds if key in r["metrics"].get(d, {})]
+
+    def stat(self, arm: str, d: str, metric: str) -> tuple[float, float, int] | None:
+        s = self.res["summary"].get(arm, {}).get(d, {}).get(metric)
+        if s is not None:
+            return s["mean"], s["sd"], s["n_seeds"]
+        v = self.values(arm, d, metric)
+        sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+        return (float(np.mean(v)), sd, len(v)) if v else None
+
+    def ovl(self, tables: Tables, varieties: list[Any], key: str = "reference") -> float | None:
+        """Mean over seeds of the mean over ``varieties`` of one overlap column."""
+        return mean_of([mean_of([t[v][key] for v in varieties if v in t]) for t in tables])
+
+    def trained(self) -> list[str]:
+        return [
+            a for a in self.arms if any(r.get("overlap") for r in self.runs.get(a, {}).values())
+        ]
+
+    def tables(self, arm: str, which: str) -> dict[str, Tables]:
+        out: dict[str, Tables] = {}
+        for r in self.runs.get(arm, {}).values():
+            for layer, table in (r.get("overlap") or {}).get(which, {}).items():
+                out.setdefault(layer, []).append(table)
+        return out
+
+    def curves(self, arm: str) -> dict[str, dict[int, Tables]]:
+        """layer → step → overlap tables (one per seed), from the train logs' refreshes."""
+        out: dict[str, dict[int, Tables]] = {}
+        for seed, r in self.runs.get(arm, {}).items():
+            rel = (r.get("overlap") or {}).get("by_step")
+            path = self.dir / rel if rel else None
+            if path is not None and not path.is_file():  # a bare file name: the run's folder
+                path = self.dir / "runs" / arm / f"seed-{seed}" / rel
+            if path is None or not path.is_file():
+                continue
+            steps: dict[int, dict[str, Any]] = {}
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line of an interrupted run
+                if (
+                    isinstance(rec, dict)
+                    and rec.get("refresh")
+                    and isinstance(rec.get("step"), int)
+                ):
+                    steps[rec["step"]] = rec.get("overlap") or {}  # resumed: the later record wins
+            for step, layers in steps.items():
+                for layer, table in layers.items():
+                    out.setdefault(layer, {}).setdefault(step, []).append(table)
+        return out
