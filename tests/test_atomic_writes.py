@@ -16,9 +16,8 @@ from torch import nn
 
 import vardecouple.train.checkpoint as checkpoint_module
 from conftest import CORPORA
-from vardecouple.evaluate.scoring import read_lines, write_lines_atomic
-from vardecouple.experiment.results import write_json_atomic
-from vardecouple.io import write_atomic
+from vardecouple.evaluate.scoring import read_lines
+from vardecouple.io import write_atomic, write_json_atomic, write_lines_atomic
 from vardecouple.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 INJECTED = "injected: no space left on device"

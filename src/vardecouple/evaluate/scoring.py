@@ -49,7 +49,6 @@ __all__ = [
     "target_shortlists",
     "test_sets",
     "train_identifier",
-    "write_lines_atomic",
     "write_test_files",
 ]
 

@@ -30,7 +30,6 @@ from vardecouple.evaluate.scoring import (
     score_hypotheses,
     test_sets,
     train_identifier,
-    write_lines_atomic,
     write_test_files,
 )
 from vardecouple.experiment.arms import load_base, prepare_data, train_arm
@@ -44,7 +43,7 @@ from vardecouple.experiment.context import (
 )
 from vardecouple.experiment.results import provenance
 from vardecouple.experiment.sections import ArmKind
-from vardecouple.io import write_json_atomic
+from vardecouple.io import write_json_atomic, write_lines_atomic
 
 __all__ = ["ARM_KINDS", "evaluate_arm_seed", "evaluate_one"]
 

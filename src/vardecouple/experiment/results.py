@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from vardecouple.evaluate.metrics import METRICS as CORPUS_METRICS
 from vardecouple.evaluate.metrics import paired_bootstrap
-from vardecouple.io import sha256_file, write_json_atomic
+from vardecouple.io import sha256_file
 from vardecouple.report.data import schema_problem
 
 __all__ = [
@@ -35,10 +36,9 @@ __all__ = [
     "provenance",
     "summarize",
     "validate_results",
-    "write_json_atomic",
 ]
 
-METRICS = ("chrf++", "bleu", "target_variety_rate")
+METRICS = (*CORPUS_METRICS, "target_variety_rate")  # what the summary and report compare
 
 
 def provenance(source: str, command: str) -> dict[str, Any]:

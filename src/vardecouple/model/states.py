@@ -143,24 +143,10 @@ def capture(
 
 
 def layer_states(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    layers: Sequence[int],
-    *,
-    batch_size: int = 16,
-    max_length: int = 128,
-    add_special_tokens: bool = False,
+    loaded: LoadedModel, texts: Sequence[str], layers: Sequence[int], **options: Any
 ) -> tuple[dict[int, Tensor], Tensor]:
-    """:func:`token_states` of ``loaded.model`` (see there)."""
-    return token_states(
-        loaded.model,
-        loaded.tokenizer,
-        texts,
-        layers,
-        batch_size=batch_size,
-        max_length=max_length,
-        add_special_tokens=add_special_tokens,
-    )
+    """:func:`token_states` of ``loaded.model`` with its tokenizer (the same ``options``)."""
+    return token_states(loaded.model, loaded.tokenizer, texts, layers, **options)
 
 
 @torch.no_grad()

@@ -114,6 +114,14 @@ class SubspaceEstimator(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """A ValueError unless ``state`` is this estimator's kind and rank."""
+        if state.get("name") != self.name or state.get("rank") != self.rank:
+            raise ValueError(
+                f"{self.name}: state is for estimator {state.get('name')!r} with rank "
+                f"{state.get('rank')!r}, expected {self.name!r} with rank {self.rank}"
+            )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank})"
 
@@ -274,11 +282,7 @@ class StatisticsEstimator(SubspaceEstimator):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name or state.get("rank") != self.rank:
-            raise ValueError(
-                f"{self.name}: state is for estimator {state.get('name')!r} with rank "
-                f"{state.get('rank')!r}, expected {self.name!r} with rank {self.rank}"
-            )
+        self.check_state(state)
         self.stats = Moments.from_state_dict(state["stats"]) if "stats" in state else None
         self.subspace = Subspace.from_state_dict(state["subspace"]) if "subspace" in state else None
 

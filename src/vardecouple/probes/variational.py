@@ -365,11 +365,7 @@ class VariationalProbeEstimator(SubspaceEstimator):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name or state.get("rank") != self.rank:
-            raise ValueError(
-                f"{self.name}: state is for estimator {state.get('name')!r} with rank "
-                f"{state.get('rank')!r}, expected {self.name!r} with rank {self.rank}"
-            )
+        self.check_state(state)
         self.generator.set_state(state["generator"])
         if "layer" in state:
             c, d = state["layer"]["w_mu"].shape
