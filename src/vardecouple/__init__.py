@@ -5,8 +5,8 @@ The names a library user needs, importable from here (each is loaded on first us
 that ``import vardecouple`` and ``vardecouple --help`` stay fast)::
 
     from vardecouple import (
-        DecouplerConfig, OnlineDecoupler, Subspace, add_decoupling, load_corpus,
-        load_model, make_estimator, projection_penalty,
+        DecouplerConfig, OnlineDecoupler, Subspace, add_decoupling, erasing, load_corpus,
+        load_model, load_subspace, make_estimator, projection_penalty,
     )
 
 The pipeline, one package per stage: ``data`` → ``model`` → ``subspace``/``probes`` →
@@ -26,6 +26,8 @@ _PUBLIC = {
     "OnlineDecoupler": "vardecouple.decouple",
     "Subspace": "vardecouple.subspace",
     "add_decoupling": "vardecouple.train.hf",
+    "erasing": "vardecouple.erase",
+    "load_subspace": "vardecouple.probes.artifact",
     "load_corpus": "vardecouple.data",
     "load_model": "vardecouple.model",
     "make_estimator": "vardecouple.probes",
@@ -37,8 +39,10 @@ __all__ = [
     "Subspace",
     "__version__",
     "add_decoupling",
+    "erasing",
     "load_corpus",
     "load_model",
+    "load_subspace",
     "make_estimator",
     "projection_penalty",
 ]
@@ -46,8 +50,10 @@ __all__ = [
 if TYPE_CHECKING:
     from vardecouple.data import load_corpus
     from vardecouple.decouple import DecouplerConfig, OnlineDecoupler, projection_penalty
+    from vardecouple.erase import erasing
     from vardecouple.model import load_model
     from vardecouple.probes import make_estimator
+    from vardecouple.probes.artifact import load_subspace
     from vardecouple.subspace import Subspace
     from vardecouple.train.hf import add_decoupling
 

@@ -91,8 +91,17 @@ def fit_erasure(
 
 
 @contextmanager
-def erasing(model: nn.Module, erasure: Erasure | None) -> Iterator[None]:
+def erasing(
+    model: nn.Module,
+    erasure: Erasure | Mapping[int, Subspace] | None,
+    alpha: float | None = None,
+) -> Iterator[None]:
     """Within the block every forward pass of ``model`` erases (``None``: nothing).
+
+    ``erasure``: fitted by :func:`fit_erasure`, or any mapping from layer to
+    :class:`~vardecouple.subspace.Subspace` (e.g.
+    :func:`~vardecouple.probes.artifact.load_subspace` of a trained run's ``subspace/``
+    folder); ``alpha`` overrides the erasure's strength (default 1 for a mapping).
 
     Forward hooks on the erased decoder layers replace their output hidden states with
     ``subspace.remove(h, α)``: every position, prompt and generated tokens alike (with a
@@ -101,6 +110,12 @@ def erasing(model: nn.Module, erasure: Erasure | None) -> Iterator[None]:
     if erasure is None:
         yield
         return
+    if not isinstance(erasure, Erasure):
+        erasure = Erasure(dict(erasure), 1.0 if alpha is None else alpha, {})
+    elif alpha is not None:
+        erasure = dataclasses.replace(erasure, alpha=alpha)
+    if not (math.isfinite(erasure.alpha) and erasure.alpha >= 0):
+        raise ValueError(f"erase: alpha must be a finite number >= 0, got {erasure.alpha}")
     blocks = decoder_layers(model)
     bad = [i for i in erasure.subspaces if not 0 <= i < len(blocks)]
     if bad:

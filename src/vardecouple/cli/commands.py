@@ -165,8 +165,13 @@ def eval_command(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, data_root=args.data_root)
     erase = None
-    given = (args.erase_layers, args.erase_alpha, args.erase_estimator, args.erase_rank)
-    if any(x is not None for x in given):
+    fitting = (args.erase_layers, args.erase_estimator, args.erase_rank)
+    if args.erase_from is not None and any(x is not None for x in fitting):
+        raise ValueError(
+            "eval: --erase-from takes its layers, estimator and rank from the saved "
+            "subspace; drop --erase-layers/--erase-estimator/--erase-rank"
+        )
+    if args.erase_from is None and any(x is not None for x in (*fitting, args.erase_alpha)):
         from vardecouple.erase import EraseConfig
 
         d = config.decoupler
@@ -188,6 +193,8 @@ def eval_command(args: argparse.Namespace) -> int:
         model=args.model,
         adapter=args.adapter,
         erase=erase,
+        erase_from=args.erase_from,
+        erase_alpha=args.erase_alpha if args.erase_alpha is not None else 1.0,
         command=command_line(),
     )
     if out is not None:  # the main process (the only one under torchrun)

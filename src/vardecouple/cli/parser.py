@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ers.add_argument("--erase-estimator", default=None, help="the estimator fitting U")
     ers.add_argument("--erase-rank", type=positive_int, default=None, help="rank of U")
+    ers.add_argument(
+        "--erase-from",
+        default=None,
+        metavar="DIR",
+        help="erase a saved subspace instead of fitting one (a trained arm's subspace/ folder;"
+        " with --erase-alpha only)",
+    )
     e.epilog = LISTS
     e.set_defaults(func=eval_command)
     d = sub.add_parser(

@@ -7,6 +7,7 @@ one seed into an output folder (resumable) and saves the adapter there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from accelerate import PartialState
 from vardecouple.data import Splits, format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.experiment.config import ExperimentConfig
-from vardecouple.io import write_dir_atomic, write_json_atomic, write_text_atomic
+from vardecouple.io import sha256_file, write_dir_atomic, write_json_atomic, write_text_atomic
 from vardecouple.model.load import load_model
 from vardecouple.model.lora import add_lora
+from vardecouple.probes.artifact import save_subspaces
 from vardecouple.train.loop import train
 
 __all__ = [
@@ -147,8 +149,47 @@ def train_arm(
     )
     if processes.is_main_process:
         write_dir_atomic(out / "adapter", loaded.model.save_pretrained)
+        save_subspaces(
+            out / "subspace",
+            decoupler.subspaces,
+            subspace_info(config, arm, seed, decoupler, loaded, splits, summary["steps"]),
+            reference=decoupler.reference,
+        )
     processes.wait_for_everyone()
     return summary, loaded
+
+
+def subspace_info(
+    config: ExperimentConfig,
+    arm: str,
+    seed: int,
+    decoupler: OnlineDecoupler,
+    loaded: Any,
+    splits: Splits,
+    step: int,
+) -> dict[str, Any]:
+    """What ``subspace/subspace.json`` records beside a trained arm's final subspaces:
+    the estimator, the model they were fitted on (its base weights' SHA-256; the adapter
+    beside), and the probe rows they were fitted from."""
+    d = decoupler.config
+    source = Path(loaded.source)
+    weights = sorted(source.glob("*.safetensors")) if source.is_dir() else [source]
+    probe = "\n".join(f"{s.variety}\t{s.text}" for s in splits.probe)
+    return {
+        "estimator": d.estimator,
+        "estimator_options": d.estimator_options,
+        "reference_estimator": d.reference_estimator,
+        "rank": d.rank,
+        "step": step,
+        "arm": arm,
+        "seed": seed,
+        "model": config.model.spec,
+        "model_sha256": ",".join(sha256_file(w) for w in weights if w.is_file()) or None,
+        "adapter": "../adapter",
+        "corpora": [c.model_dump() for c in config.data.corpora],
+        "probe_rows": len(splits.probe),
+        "probe_sha256": hashlib.sha256(probe.encode("utf-8")).hexdigest(),
+    }
 
 
 def train_state(config: ExperimentConfig, arm: str, seed: int, out_dir: str | Path) -> str:

@@ -21,7 +21,7 @@ from accelerate import PartialState
 from peft import PeftModel
 
 from vardecouple.data import Splits
-from vardecouple.erase import EraseConfig, erasing, fit_erasure, later_overlaps
+from vardecouple.erase import EraseConfig, Erasure, erasing, fit_erasure, later_overlaps
 from vardecouple.evaluate.metrics import signatures
 from vardecouple.evaluate.scoring import (
     decoding_record,
@@ -44,6 +44,7 @@ from vardecouple.experiment.context import (
 from vardecouple.experiment.results import provenance
 from vardecouple.experiment.sections import ArmKind
 from vardecouple.io import write_json_atomic, write_lines_atomic
+from vardecouple.probes.artifact import load_subspace
 
 __all__ = ["ARM_KINDS", "evaluate_arm_seed", "evaluate_one"]
 
@@ -232,6 +233,8 @@ def evaluate_one(
     model: str | None = None,
     adapter: str | Path | None = None,
     erase: Any = None,
+    erase_from: str | Path | None = None,
+    erase_alpha: float = 1.0,
     command: str = "",
     progress: bool = True,
 ) -> Path | None:
@@ -242,7 +245,10 @@ def evaluate_one(
     (an :class:`~vardecouple.erase.EraseConfig`) the subspaces are first fitted on the
     model (and adapter) itself from the config's probe split, decoding erases them, and
     ``scores.json`` has an ``erasure`` entry (layers, α, held-out overlaps at every
-    later layer without and with erasure).
+    later layer without and with erasure). With ``erase_from`` (a folder written by
+    :func:`~vardecouple.probes.artifact.save_subspaces`, e.g. a trained arm's
+    ``subspace/``) its subspaces are erased at strength ``erase_alpha`` instead: nothing
+    is fitted, and the ``erasure`` entry names the folder.
 
     Under ``torchrun`` / ``accelerate launch`` the processes share the sentences
     (:func:`~vardecouple.evaluate.scoring.evaluate_model`), each on its own GPU when there are
@@ -251,6 +257,9 @@ def evaluate_one(
 
     out = Path(out_dir)
     comet_checkpoint(config, check_package=True)  # every input check before any decoding
+    if erase is not None and erase_from is not None:
+        raise ValueError("eval: erase from a saved subspace or fit one, not both")
+    saved = load_subspace(erase_from) if erase_from is not None else None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"eval: adapter {adapter}: no adapter_config.json (a peft folder)")
     if model is not None:
@@ -272,6 +281,14 @@ def evaluate_one(
         if erase.rank > loaded.hidden_size:
             raise ValueError(f"eval: --erase-rank {erase.rank} exceeds the hidden size "
                              f"{loaded.hidden_size}")  # fmt: skip
+    if saved is not None:
+        bad = [i for i in saved if not 0 <= i < loaded.num_layers]
+        if bad or saved.info.get("dim") != loaded.hidden_size:
+            raise ValueError(
+                f"eval: --erase-from {erase_from}: layers {list(saved)} of width "
+                f"{saved.info.get('dim')} do not fit {config.model.spec} (layers "
+                f"0..{loaded.num_layers - 1}, width {loaded.hidden_size})"
+            )
     if (out / "scores.json").exists():  # after the input checks: a typo is reported first
         raise FileExistsError(f"eval: {out / 'scores.json'} exists; choose another folder")
     main_process = True
@@ -285,6 +302,12 @@ def evaluate_one(
         erasure_info = erasure.describe() | {
             "estimator": erase.estimator,
             "later_overlap": later_overlaps(net, loaded.tokenizer, splits.probe, erasure, erase),
+        }
+    elif saved is not None:
+        erasure = Erasure(dict(saved), erase_alpha, {})
+        erasure_info = erasure.describe() | {
+            "from": str(Path(erase_from or "").resolve()),
+            "estimator": saved.info.get("estimator"),
         }
     decoding = decode_config(config)
     shortlists = shortlists_for(config, splits, loaded.tokenizer, tests)
