@@ -34,7 +34,7 @@ it equals (b)'s when the hypotheses are identical). The JSON also counts *row-st
 the (row, step) positions each arm pushed through the model after the prompt (for (a):
 batch rows × steps of each batch; for (b): the rows still alive at each step).
 
-(b)'s token ids are read by wrapping ``vardecouple.decode._greedy_batch`` with a
+(b)'s token ids are read by wrapping ``vardecouple.evaluate.decode._greedy_batch`` with a
 recorder (it appends the returned lists and a ``perf_counter`` pair per batch; negligible
 next to a forward pass); the script checks that the recorded ids decode to exactly the
 hypotheses ``decode()`` returned.
@@ -57,6 +57,7 @@ How to run
     .venv/bin/python benchmarks/decode_speed.py                  # full run (≈ 11–12 minutes)
     .venv/bin/python benchmarks/decode_speed.py --n 8 --repeats 1 --bs1-n 4 \
         --out benchmarks/results/decode_speed_quick.json         # smoke run
+    .venv/bin/python benchmarks/decode_speed.py --quick --out DIR/decode_speed.json  # smaller
 
 It writes, atomically, the results JSON (``--out``, default
 ``benchmarks/results/decode_speed.json``: every round's wall time per arm and direction,
@@ -72,12 +73,8 @@ already set, it is set to ``PASSIVE`` before torch is imported, as in
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
-import json
 import os
-import shlex
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -88,18 +85,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch
 
-from _common import atomic_write, git_state, machine
-from _common import json_safe as _json_safe
+from _common import CORPORA, RESULTS, ROOT, CpuMeter, Run, interleave, median, met, write_json
 from _common import md_table as _table
 from vardecouple.data import format_example, load_corpus
 from vardecouple.data.splits import Example
-from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
-from vardecouple.model import load_model
+from vardecouple.evaluate.decode import DecodeConfig, decode, prompt_ids, stop_ids
+from vardecouple.model.load import load_model
 
-DECODE_MODULE = importlib.import_module("vardecouple.decode")
-ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpora" / "flores200"
-RESULTS = Path(__file__).resolve().parent / "results"
+DECODE_MODULE = importlib.import_module("vardecouple.evaluate.decode")
+CORPUS = CORPORA / "flores200"
 MODEL = "gemma3-270m"
 SPLIT = "devtest"
 TARGET_B_OVER_A = 1.0
@@ -107,34 +101,6 @@ TARGET_BS1_IDENTICAL = 0.99
 
 
 # --------------------------------------------------------------------------- helpers
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-class CpuMeter:
-    """CPU time taken by *other* processes while we run: busy time of the whole machine
-    (``/proc/stat``) minus this process's own CPU time, per second of wall time."""
-
-    def __init__(self) -> None:
-        self.start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float]:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-            ticks = [int(x) for x in fields]
-            busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        own = os.times()
-        return time.monotonic(), busy, own.user + own.system
-
-    def others_cores(self) -> float:
-        """Mean number of cores other processes kept busy since the start."""
-        wall, busy, own = (b - a for a, b in zip(self.start, self._read(), strict=True))
-        return (busy - own) / wall if wall > 0 else float("nan")
-
-
 def first_line(text: str) -> str:
     """What ``decode()`` keeps of a generated text (``decode._first_line``)."""
     return text.split("\n", 1)[0].strip()
@@ -421,12 +387,12 @@ def markdown(report: dict[str, Any]) -> str:
                     f"(b)/(a) ≥ {TARGET_B_OVER_A:g}× tokens/s",
                     f"{summary['ratio_b_over_a_of_medians']:.2f}× "
                     f"(per-round median {summary['ratio_b_over_a_median_of_rounds']:.2f}×)",
-                    "yes" if report["targets"]["b_over_a"] else "**no**",
+                    met(report["targets"]["b_over_a"]),
                 ],
                 [
                     f"bs=1 vs bs={s['batch_size']} identical ≥ {TARGET_BS1_IDENTICAL:.0%}",
                     _pct(bs1["text_identical"]),
-                    "yes" if report["targets"]["bs1_identical"] else "**no**",
+                    met(report["targets"]["bs1_identical"]),
                 ],
             ],
         ),
@@ -454,15 +420,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=RESULTS / "decode_speed.json", help="results JSON path"
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: --n 4 --repeats 1 --bs1-n 2"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.repeats, args.bs1_n = 4, 1, 2
     directions = [d.strip() for d in args.directions.split(",") if d.strip()]
     bs1_n = args.n if args.bs1_n is None else min(args.bs1_n, args.n)
     config = DecodeConfig(batch_size=args.batch_size)
 
-    started = time.perf_counter()
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    load: dict[str, Any] = {"start": os.getloadavg()}
-    git = git_state()  # at the start: the code this run imported
+    run = Run("decode_speed", "transformers")  # git state at the start: the code imported
     loaded = load_model(MODEL, dtype=torch.float32)
     model, tokenizer = loaded.model, loaded.tokenizer
     t = time.perf_counter()
@@ -477,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         for d, exs in examples.items()
     }
     print(
-        f"model and data ready in {time.perf_counter() - started:.0f} s "
+        f"model and data ready in {run.seconds:.0f} s "
         f"({len(stops)} stop ids, {stop_seconds:.1f} s); threads {torch.get_num_threads()}",
         flush=True,
     )
@@ -486,25 +454,36 @@ def main(argv: list[str] | None = None) -> int:
     warm_cfg = DecodeConfig(batch_size=args.batch_size, max_new_tokens=8)
     p0, s0 = work[directions[0]]
     plan0 = plan(tokenizer, p0, s0, config)[2][0]
-    wp, ws = [p0[i] for i in plan0], [s0[i] for i in plan0]
-    hf_generate(model, tokenizer, wp, ws, warm_cfg, stops)
-    ours(model, tokenizer, wp, ws, warm_cfg, stops)
+    warm = {directions[0]: ([p0[i] for i in plan0], [s0[i] for i in plan0])}
 
-    load["before_rounds"] = os.getloadavg()
+    def arm(fn: Any) -> Any:
+        """Every direction of ``(work, config)`` through ``fn``."""
+        return lambda x: {d: fn(model, tokenizer, *w, x[1], stops) for d, w in x[0].items()}
+
+    def report_round(r: int, name: str, got: dict[str, Any], _seconds: float) -> None:
+        print(f"round {r} ({name}): {sum(v['seconds'] for v in got.values()):.1f} s", flush=True)
+
+    run.mark("before_rounds")
     meter = CpuMeter()
-    rounds: list[dict[str, Any]] = []
-    for r in range(args.repeats):
-        order = ("a", "b") if r % 2 == 0 else ("b", "a")
-        record: dict[str, Any] = {"order": list(order), "load_1_5_15min_before": os.getloadavg()}
-        for arm in order:
-            fn = hf_generate if arm == "a" else ours
-            record[arm] = {d: fn(model, tokenizer, *work[d], config, stops) for d in directions}
-            secs = sum(v["seconds"] for v in record[arm].values())
-            print(f"round {r} ({arm}): {secs:.1f} s", flush=True)
-        record["load_1_5_15min_after"] = os.getloadavg()
-        rounds.append(record)
+    timed = interleave(  # round 0: (a) then (b); round 1: (b) then (a); ...
+        {"a": arm(hf_generate), "b": arm(ours)},
+        args.repeats,
+        setup=lambda _r: (work, config),
+        warmup=[(warm, warm_cfg)],
+        report=report_round,
+    )
+    rounds: list[dict[str, Any]] = [
+        {
+            "order": timed.order[r],
+            "load_1_5_15min_before": timed.load[r]["before"],
+            "a": timed.results["a"][r],
+            "b": timed.results["b"][r],
+            "load_1_5_15min_after": timed.load[r]["after"],
+        }
+        for r in range(args.repeats)
+    ]
     others_rounds = meter.others_cores()
-    load["after_rounds"] = os.getloadavg()
+    run.mark("after_rounds")
 
     # bs=1 vs bs=N identity check (and its speed), once
     bs1_cfg = DecodeConfig(batch_size=1)
@@ -513,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         d: ours(model, tokenizer, *(x[:bs1_n] for x in work[d]), bs1_cfg, stops) for d in directions
     }
     bs1_seconds = time.perf_counter() - t
-    load["end"] = os.getloadavg()
+    run.mark("end")
     print(f"bs=1 on {bs1_n} × {len(directions)}: {bs1_seconds:.1f} s", flush=True)
 
     # ---------------------------------------------------------------- summary
@@ -589,17 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         "b_over_a": summary["ratio_b_over_a_of_medians"] >= TARGET_B_OVER_A,
         "bs1_identical": checks["bs1_vs_bs"]["text_identical"] >= TARGET_BS1_IDENTICAL,
     }
-    runtime = time.perf_counter() - started
-    report = {
-        "benchmark": "decode_speed",
-        "date": date,
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "machine": machine("transformers"),
-        "git": git,
-        "runtime_seconds": runtime,
-        "load_average_1_5_15min": load,
-        "other_processes_cores": {"during_rounds": others_rounds},
-        "setup": {
+    runtime = run.seconds
+    report = run.record(
+        runtime_seconds=runtime,
+        load_average_1_5_15min=run.load,
+        other_processes_cores={"during_rounds": others_rounds},
+        setup={
             "model": MODEL,
             "dtype": str(next(model.parameters()).dtype),
             "data": f"{CORPUS.relative_to(ROOT.parent)} {SPLIT}",
@@ -618,10 +592,10 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
             "warmup": "first batch of the first direction, max_new_tokens=8, each arm, untimed",
         },
-        "summary": summary,
-        "targets": targets,
-        "checks": checks,
-        "rounds": [
+        summary=summary,
+        targets=targets,
+        checks=checks,
+        rounds=[
             {
                 **{k: v for k, v in rd.items() if k not in ("a", "b")},
                 "a": {d: strip(rd["a"][d]) for d in directions},
@@ -629,13 +603,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             for rd in rounds
         ],
-        "bs1": {
+        bs1={
             "seconds": bs1_seconds,
             "tokens": bs1_tokens,
             "tokens_per_s": bs1_tokens / bs1_seconds,
             "per_direction": {d: strip(bs1[d]) for d in directions},
         },
-        "hypotheses": {
+        hypotheses={
             d: {
                 "sources": work[d][1],
                 "references": [ex.tgt_text for ex in examples[d]],
@@ -648,9 +622,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             for d in directions
         },
-    }
+    )
     out = args.out if args.out.is_absolute() else Path.cwd() / args.out
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(_json_safe(report), indent=1) + "\n"))
+    write_json(out, report, ensure_ascii=True)
     print(markdown(report))
     print(f"total {runtime:.0f} s; wrote {out}")
     return 0

@@ -23,13 +23,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import cpu_name, write_json
+from _common import RESULTS, cpu_name, write_json
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the --quick demo instead")
-    parser.add_argument("--out", default="benchmarks/results/demo_time.json")
+    parser.add_argument("--out", default=str(RESULTS / "demo_time.json"))
     args = parser.parse_args()
     exe = Path(sys.executable).with_name("vardecouple")
     load_start = os.getloadavg()

@@ -11,6 +11,7 @@ later layers show what the network rebuilds). Every eval folder is kept under ``
 Writes ``benchmarks/results/erasure_gemma.json`` atomically and prints markdown tables.
 
     python benchmarks/erasure_gemma.py [--examples 100] [--keep /tmp/erasure-gemma]
+    python benchmarks/erasure_gemma.py --quick --out DIR/erasure_gemma.json   # smoke run
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import cpu_name, write_json
+from _common import CORPORA, RESULTS, cpu_name, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ROOT.parent / "shared" / "corpora"
 CONFIG = f"""
 name = "erasure-gemma"
 [data]
@@ -63,10 +62,10 @@ SETTINGS = {  # name -> extra eval arguments
 
 def _deltas(config: Path, keep: Path, rows: dict) -> dict:
     """Paired bootstrap (1000 samples, seed 0) of each erasure setting minus plain."""
-    from vardecouple.config import load_config
-    from vardecouple.evaluate import read_lines, test_sets
-    from vardecouple.experiment import prepare_data
-    from vardecouple.metrics import paired_bootstrap
+    from vardecouple.evaluate.metrics import paired_bootstrap
+    from vardecouple.evaluate.scoring import read_lines, test_sets
+    from vardecouple.experiment.arms import prepare_data
+    from vardecouple.experiment.config import load_config
 
     cfg = load_config(config)
     tests = test_sets(prepare_data(cfg), cfg.eval.max_examples)
@@ -88,10 +87,18 @@ def _deltas(config: Path, keep: Path, rows: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=100, help="test rows per direction")
-    parser.add_argument("--keep", default="/tmp/erasure-gemma")
+    parser.add_argument("--keep", default=None, help="eval folders (/tmp/erasure-gemma)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--out", default="benchmarks/results/erasure_gemma.json")
+    parser.add_argument("--out", default=str(RESULTS / "erasure_gemma.json"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: --examples 2 --settings plain erase-l9-a1, kept apart",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.examples, args.settings = 2, ["plain", "erase-l9-a1"]
+    args.keep = args.keep or ("/tmp/erasure-gemma-quick" if args.quick else "/tmp/erasure-gemma")
     keep = Path(args.keep)
     keep.mkdir(parents=True, exist_ok=True)
     config = keep / "erasure.toml"

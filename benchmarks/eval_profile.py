@@ -22,27 +22,32 @@ How to run
     .venv/bin/python benchmarks/eval_profile.py --config examples/arabic-flores.toml \
         --adapter ADAPTER --out .bench/eval-defaults \
         --timings benchmarks/results/eval_profile_defaults.json
+    .venv/bin/python benchmarks/eval_profile.py --config examples/arabic-flores.toml \
+        --quick --out DIR   # smoke run: 2 sentences per direction
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import _common
-import vardecouple.evaluate as evaluate_module
-import vardecouple.experiment as experiment_module
-from vardecouple.config import load_config
+import vardecouple.evaluate.scoring as evaluate_module
+import vardecouple.experiment.arms as arms_module
+import vardecouple.experiment.evaluation as experiment_module  # evaluate_one
+from vardecouple.experiment.config import load_config
+
+#: where the timed functions are defined or imported by name
+MODULES = (evaluate_module, arms_module, experiment_module)
 
 
 def _timed(module: Any, name: str, phase: str, spent: dict[str, float]) -> None:
-    """Wrap ``module.name`` so that its wall time adds to ``spent[phase]``."""
+    """Wrap ``module.name`` so that its wall time adds to ``spent[phase]``, in every module
+    of :data:`MODULES` that holds the same function under that name."""
     real = getattr(module, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,6 +58,9 @@ def _timed(module: Any, name: str, phase: str, spent: dict[str, float]) -> None:
             spent[phase] = spent.get(phase, 0.0) + time.perf_counter() - start
 
     setattr(module, name, wrapper)
+    for other in MODULES:
+        if getattr(other, name, None) is real:
+            setattr(other, name, wrapper)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true",
                         help="time only data, identifier and scoring of the directions "
                         "already decoded in OUT (decoding untouched)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: --set max_examples=2 (after the other --set)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.quick:
+        args.set.append("max_examples=2")
 
     config = load_config(args.config)
     updates = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -87,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["eval"] = config.eval.model_dump()
     timings.setdefault("decode_seconds", {})
     timings.setdefault("sittings", []).append({
-        "sitting": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "sitting": _common.utc_now(), "command": _common.command_line(sys.executable),
         "machine": _common.machine("transformers"), "git": _common.git_state()})  # fmt: skip
 
     spent: dict[str, float] = {}
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def score_only(config: Any, out: Path, timings: dict, timings_file: Path, spent: dict) -> int:
     """Time what ``evaluate_one`` does besides decoding, on the directions decoded so far."""
-    from vardecouple.evaluate import read_lines, test_sets
+    from vardecouple.evaluate.scoring import read_lines, test_sets
 
     splits = experiment_module.prepare_data(config)
     tests = test_sets(splits, config.eval.max_examples)

@@ -38,15 +38,14 @@ How to run
     .venv/bin/python benchmarks/eval_speed.py                    # all settings, 200 rows
     .venv/bin/python benchmarks/eval_speed.py --n 8 --settings decode-bs8 continuous-16 \
         --out benchmarks/results/eval_speed_quick.json            # smoke run
+    .venv/bin/python benchmarks/eval_speed.py --quick --out DIR/eval_speed.json  # smallest
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -60,9 +59,9 @@ import torch
 import _common
 from decode_speed import CORPUS, hf_generate, load_examples
 from vardecouple.data import Example, format_example, load_corpus
-from vardecouple.decode import DecodeConfig, decode, prompt_ids, stop_ids
-from vardecouple.evaluate import target_shortlists
-from vardecouple.metrics import corpus_scores
+from vardecouple.evaluate.decode import DecodeConfig, decode, prompt_ids, stop_ids
+from vardecouple.evaluate.metrics import corpus_scores
+from vardecouple.evaluate.scoring import target_shortlists
 
 REFERENCE = "decode-bs8"
 BEST = {"batch_size": 16, "continuous": True, "lookup_tokens": 4}  # the best exact setting
@@ -171,11 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                                                              "arb_Arab->ary_Arab"])  # fmt: skip
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--adapter", default=None, help="a peft adapter folder")
-    parser.add_argument("--out", type=Path, default=_common.ROOT / "benchmarks" / "results" /
-                        "eval_speed.json")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default results/eval_speed[_quick].json)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: --n 2, the first direction, the reference")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.directions, args.settings = 2, args.directions[:1], [REFERENCE]
+    stem = "eval_speed_quick" if args.quick else "eval_speed"
+    args.out = args.out or _common.RESULTS / f"{stem}.json"
 
-    from vardecouple.model import load_model
+    from vardecouple.model.load import load_model
 
     loaded = load_model("gemma3-270m")
     model, tok = loaded.model, loaded.tokenizer
@@ -192,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     report.setdefault("adapter", args.adapter)
     report.setdefault("results", {})
     report["directions"] = sorted(set(report.get("directions", [])) | set(args.directions))
-    sitting = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    sitting = _common.utc_now()
     report.setdefault("sittings", []).append({
-        "sitting": sitting, "command": shlex.join([sys.executable, *sys.argv]),
+        "sitting": sitting, "command": _common.command_line(sys.executable),
         "machine": _common.machine("transformers"), "git": _common.git_state()})  # fmt: skip
     examples = load_examples(args.directions, args.n)
     cuts = shortlists(tok, args.directions)

@@ -11,49 +11,45 @@ Gemma) and the share of the total variance held by the top 1, 4, 16 and 64 eigen
 Command::
 
     .venv/bin/python benchmarks/gemma_spectrum.py
+    .venv/bin/python benchmarks/gemma_spectrum.py --quick --out DIR   # 10 rows (smoke run)
 
-Writes ``benchmarks/results/gemma_spectrum.json``.
+Writes ``gemma_spectrum.json`` into ``--out`` (default ``benchmarks/results/``;
+``benchmarks/results/quick/`` with ``--quick``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import shlex
+import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from _common import git_state, machine, write_json
-from vardecouple.model import layer_states, load_model
+from _common import RESULTS, Run, write_json
+from _states import ARABIC, flores_rows, token_states
 
-ROOT = Path(__file__).resolve().parent.parent
-FLORES = ROOT.parent / "shared" / "corpora" / "flores200" / "dev"
-VARIETIES = ("arb_Arab", "arz_Arab", "ary_Arab", "acm_Arab", "aeb_Arab", "ajp_Arab", "apc_Arab")
-ROWS = 100
+ROWS, QUICK_ROWS = 100, 10
 LAYERS = (3, 9, 15)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_ROWS} rows")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    git, t0 = git_state(), time.perf_counter()
-    loaded = load_model("gemma3-270m")
-    texts, labels = [], []
-    for label, code in enumerate(VARIETIES):
-        lines = (FLORES / f"{code}.txt").read_text(encoding="utf-8").splitlines()[:ROWS]
-        texts += lines
-        labels += [label] * len(lines)
-    states, owner = layer_states(loaded, texts, list(LAYERS), batch_size=16)
+    rows = QUICK_ROWS if args.quick else ROWS
+    out_dir = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    run = Run("gemma_spectrum", "transformers")
+    texts, labels, _ = flores_rows(range(rows))
+    states, owner = token_states(texts, LAYERS)
     y = torch.tensor(labels)[owner]
     out = {}
     for layer in LAYERS:
         x = states[layer].double()
-        means = torch.stack([x[y == c].mean(0) for c in range(len(VARIETIES))])
+        means = torch.stack([x[y == c].mean(0) for c in range(len(ARABIC))])
         centred = x - means[y]
-        cov = centred.T @ centred / (x.shape[0] - len(VARIETIES))
+        cov = centred.T @ centred / (x.shape[0] - len(ARABIC))
         evals = torch.linalg.eigvalsh(cov).flip(0).clamp(min=0.0)
         total = float(evals.sum())
         out[str(layer)] = {
@@ -63,20 +59,13 @@ def main() -> int:
             "tokens": int(x.shape[0]),
         }
         print(f"layer {layer}: top-1/4/16/64 share {out[str(layer)]['top_share']}", flush=True)
-    write_json(
-        RESULTS / "gemma_spectrum.json",
-        {
-            "benchmark": "gemma_spectrum",
-            "date": date,
-            "command": shlex.join([".venv/bin/python", *sys.argv]),
-            "machine": machine("transformers"),
-            "git": git,
-            "seconds": time.perf_counter() - t0,
-            "data": f"flores200/dev, first {ROWS} rows of {', '.join(VARIETIES)}",
-            "layers": out,
-        },
-        indent=None,
+    report = run.record(
+        seconds=run.seconds,
+        data=f"flores200/dev, first {rows} rows of {', '.join(ARABIC)}",
+        layers=out,
     )
+    write_json(out_dir / "gemma_spectrum.json", report, indent=None)
+    print(f"wrote {out_dir / 'gemma_spectrum.json'}")
     return 0
 
 

@@ -22,32 +22,28 @@ Experiments (``variational`` with one option changed, against ``mean-diff`` and
 
 Command::
 
-    .venv/bin/python benchmarks/probe_diagnosis.py [--seeds 3] [--quick]
+    .venv/bin/python benchmarks/probe_diagnosis.py [--seeds 3] [--quick] [--out DIR]
 
-Writes ``benchmarks/results/probe_diagnosis.{json,md,png}``.
+Writes ``probe_diagnosis.{json,md,png}`` (``--quick``: ``probe_diagnosis_quick.*``) into
+``--out`` (default ``benchmarks/results/``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import shlex
 import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from _common import atomic_write, git_state, machine, md_table, write_json
-from vardecouple.subspace import make_estimator, principal_angles
-from vardecouple.synthetic import PlantedVarieties, planted_varieties
+from _common import RESULTS, Run, md_table, pyplot, save_figure, write_results
+from _planted import DIM, N_VARIETIES, RANK, draw, largest_angle, timed_fit
+from vardecouple.probes import make_estimator
+from vardecouple.probes.synthetic import PlantedVarieties
 
-DIM, RANK, N_VARIETIES = 640, 4, 4
 NS = (256, 512, 1024, 2048, 4096)
-RESULTS = Path(__file__).resolve().parent / "results"
 SVR = {"classes": "standard-vs-rest"}
 
 #: experiment -> (SNRs, ns, {row label: (estimator, options)})
@@ -100,25 +96,14 @@ EXPERIMENTS: dict[str, tuple[tuple[float, ...], tuple[int, ...], dict[str, tuple
 }
 
 
-def draw(n: int, snr: float, seed: int) -> PlantedVarieties:
-    return planted_varieties(n, DIM, RANK, n_varieties=N_VARIETIES, snr=snr,
-                             separation=snr**0.5, seed=seed)  # fmt: skip
-
-
 def one(name: str, options: dict[str, Any], p: PlantedVarieties, seed: int) -> dict[str, Any]:
     """Fit one estimator; its angle to the standard-vs-rest direction and diagnostics."""
     opts = dict(options)
     if name == "variational":
         opts["seed"] = seed
     est = make_estimator(name, 1, **opts)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*capped at.*")
-        sub = est.fit(p.states, p.labels)
-    out = {
-        "angle": float(principal_angles(sub.basis, p.standard_vs_rest_direction).max()),
-        "seconds": time.perf_counter() - t0,
-    }
+    sub, seconds = timed_fit(est, p.states, p.labels)
+    out = {"angle": largest_angle(sub.basis, p.standard_vs_rest_direction), "seconds": seconds}
     if name == "variational":
         assert est.layer is not None
         with torch.no_grad():
@@ -132,7 +117,7 @@ def one(name: str, options: dict[str, Any], p: PlantedVarieties, seed: int) -> d
     return out
 
 
-def run(seeds: int, quick: bool) -> dict[str, Any]:
+def diagnose(seeds: int, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for experiment, (snrs, ns, rows) in EXPERIMENTS.items():
         if quick:
@@ -179,11 +164,7 @@ def tables(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [(e, s) for e, cells in results.items() for s in sorted({c["snr"] for c in cells})]
     cols = 3
     rows_ = -(-len(panels) // cols)
@@ -202,34 +183,27 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 sizes, 1 SNR")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    git, t0 = git_state(), time.perf_counter()
-    results = run(args.seeds, args.quick)
+    run = Run("probe_diagnosis")
+    results = diagnose(args.seeds, args.quick)
     stem = "probe_diagnosis_quick" if args.quick else "probe_diagnosis"
-    report = {
-        "benchmark": "probe_diagnosis",
-        "date": date,
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "machine": machine(),
-        "git": git,
-        "seconds": time.perf_counter() - t0,
-        "setup": {"dim": DIM, "rank": RANK, "varieties": N_VARIETIES, "seeds": args.seeds},
-        "results": results,
-    }
-    write_json(RESULTS / f"{stem}.json", report)
+    report = run.record(
+        seconds=run.seconds,
+        setup={"dim": DIM, "rank": RANK, "varieties": N_VARIETIES, "seeds": args.seeds},
+        results=results,
+    )
     text = tables(results)
-    atomic_write(RESULTS / f"{stem}.md", lambda tmp: tmp.write_text(text))
-    plot(results, RESULTS / f"{stem}.png")
+    write_results(args.out / stem, report, text)
+    plot(results, args.out / f"{stem}.png")
     print(text)
     return 0
 

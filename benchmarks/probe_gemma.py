@@ -21,25 +21,23 @@ aligned rows from the pool, and seeds the estimator), every estimator is fitted 
   do, which is what the penalty ‖Uᵀh‖ sees (two directions that differ only where the
   states barely vary penalise alike).
 
-States are cached in ``.bench/probe_gemma/`` (one file per layer) so that a rerun
-only refits. Command::
+States are cached in ``.bench/probe_gemma/`` (one file per layer; ``--quick``:
+``.bench/probe_gemma_quick/``) so that a rerun only refits. Command::
 
     .venv/bin/python benchmarks/probe_gemma.py
+    .venv/bin/python benchmarks/probe_gemma.py --quick --out DIR   # smoke run (see QUICK)
 
-Writes ``results/probe_gemma.{json,md}``.
+Writes ``probe_gemma.{json,md}`` into ``--out`` (default ``benchmarks/results/``;
+``benchmarks/results/quick/`` with ``--quick``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import argparse
 import itertools
 import os
 import random
-import shlex
-import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +47,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from _common import ROOT, atomic_write, git_state, machine, md_table, write_json
-from vardecouple.subspace import make_estimator, principal_angles
+from _common import RESULTS, ROOT, Run, atomic_write, md_table, write_results
+from _common import median as med
+from _planted import balanced, midpoint_scores, timed_fit
+from _states import ARABIC, flores_rows, token_states
+from vardecouple.probes import make_estimator
+from vardecouple.subspace import principal_angles
 
-FLORES = ROOT.parent / "shared" / "corpora" / "flores200" / "dev"
-VARIETIES = ("arb_Arab", "arz_Arab", "ary_Arab", "acm_Arab", "aeb_Arab", "ajp_Arab", "apc_Arab")
 ROWS, HELD = 300, 100
 FIT_ROWS = (38, 75, 150)
 LAYERS = (3, 9, 15)
 SEEDS = (0, 1, 2, 3, 4)
+#: --quick: rows, held-out rows, fit sizes, layers, seeds (two: the stability needs a pair)
+QUICK = (40, 10, (10,), (9,), (0, 1))
 ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "mean-diff": ("mean-diff", {}),
     "leace (row)": ("leace", {"side": "row"}),
@@ -69,34 +71,26 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 SEEDED = {"variational"}
 CACHE = ROOT / ".bench" / "probe_gemma"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def load_states() -> tuple[dict[int, Tensor], Tensor, Tensor, Tensor]:
+def load_states(
+    cache: Path, n_rows: int, layers: tuple[int, ...]
+) -> tuple[dict[int, Tensor], Tensor, Tensor, Tensor]:
     """``({layer: (N, d)}, variety (N,), aligned row (N,), sentence (N,))`` per token."""
-    path = {layer: CACHE / f"layer{layer}.pt" for layer in LAYERS}
-    meta = CACHE / "tokens.pt"
+    path = {layer: cache / f"layer{layer}.pt" for layer in layers}
+    meta = cache / "tokens.pt"
     if meta.exists() and all(p.exists() for p in path.values()):
         m = torch.load(meta, weights_only=True)
         states = {layer: torch.load(p, weights_only=True) for layer, p in path.items()}
         return states, m["variety"], m["row"], m["sentence"]
-    from vardecouple.model import layer_states, load_model
-
-    rows = sorted(random.Random(0).sample(range(997), ROWS))
-    texts, variety, row = [], [], []
-    for v, code in enumerate(VARIETIES):
-        lines = (FLORES / f"{code}.txt").read_text(encoding="utf-8").splitlines()
-        texts += [lines[r] for r in rows]
-        variety += [v] * len(rows)
-        row += rows
-    loaded = load_model("gemma3-270m")
-    states, owner = layer_states(loaded, texts, list(LAYERS), batch_size=16)
+    texts, variety, row = flores_rows(sorted(random.Random(0).sample(range(997), n_rows)))
+    states, owner = token_states(texts, layers)
     m = {
         "variety": torch.tensor(variety)[owner],
         "row": torch.tensor(row)[owner],
         "sentence": owner.clone(),
     }
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     for layer, p in path.items():
         atomic_write(p, lambda tmp, x=states[layer]: torch.save(x.contiguous(), tmp))
     atomic_write(meta, lambda tmp: torch.save(m, tmp))
@@ -107,18 +101,7 @@ def accuracies(
     w: Tensor, fit_x: Tensor, fit_y: Tensor, x: Tensor, y: Tensor, sentence: Tensor
 ) -> tuple[float, float]:
     """Held-out balanced accuracy of the projection on ``w``: per token, per sentence."""
-    w = w.double()
-    zf = fit_x.double() @ w
-    standard, rest = float(zf[fit_y == 0].mean()), float(zf[fit_y > 0].mean())
-    sign = 1.0 if rest > standard else -1.0
-    z = sign * (x.double() @ w - (standard + rest) / 2)
-
-    def balanced(score: Tensor, is_rest: Tensor) -> float:
-        return 0.5 * (
-            float((score[~is_rest] <= 0).double().mean())
-            + float((score[is_rest] > 0).double().mean())
-        )
-
+    z = midpoint_scores(w, fit_x, fit_y, x)
     ids, inverse = torch.unique(sentence, return_inverse=True)
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, z)
     counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(z))
@@ -126,22 +109,29 @@ def accuracies(
     return balanced(z, y > 0), balanced(sums / counts, labels > 0)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 40 rows, layer 9")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    git, t0 = git_state(), time.perf_counter()
-    states, variety, row, sentence = load_states()
+    n_rows, held, fit_rows, layers, seeds = (
+        QUICK if args.quick else (ROWS, HELD, FIT_ROWS, LAYERS, SEEDS)
+    )
+    cache = CACHE.with_name(CACHE.name + "_quick") if args.quick else CACHE
+    out_dir = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    run = Run("probe_gemma", "transformers")
+    states, variety, row, sentence = load_states(cache, n_rows, layers)
     rows = sorted(set(row.tolist()))
-    held_rows = set(random.Random(1).sample(rows, HELD))
+    held_rows = set(random.Random(1).sample(rows, held))
     pool = [r for r in rows if r not in held_rows]
     is_held = torch.tensor([r in held_rows for r in row.tolist()])
     results: dict[str, Any] = {}
-    total = len(LAYERS) * len(FIT_ROWS) * len(SEEDS) * len(ESTIMATORS)
-    bar = tqdm(total=total, desc="fits", unit="fit")
-    for layer in LAYERS:
+    bar = tqdm(total=len(layers) * len(fit_rows) * len(seeds) * len(ESTIMATORS), desc="fits")
+    for layer in layers:
         x = states[layer]
         hx, hy, hs = x[is_held], variety[is_held], sentence[is_held]
-        for size in FIT_ROWS:
+        for size in fit_rows:
             for label in ESTIMATORS:
                 results[f"{layer}|{size}|{label}"] = {
                     "token": [],
@@ -149,58 +139,53 @@ def main() -> int:
                     "seconds": [],
                     "dirs": [],
                 }
-            for seed in SEEDS:
+            for seed in seeds:
                 chosen = set(random.Random(100 + seed).sample(pool, size))
                 keep = torch.tensor([r in chosen for r in row.tolist()])
                 fx, fy = x[keep], variety[keep]
                 for label, (name, options) in ESTIMATORS.items():
                     extra = {"seed": seed} if name in SEEDED else {}
                     est = make_estimator(name, 1, classes="standard-vs-rest", **options, **extra)
-                    start = time.perf_counter()
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        sub = est.fit(fx, fy)
+                    sub, seconds = timed_fit(est, fx, fy, ignore="")
                     cell = results[f"{layer}|{size}|{label}"]
-                    cell["seconds"].append(time.perf_counter() - start)
+                    cell["seconds"].append(seconds)
                     token, sent = accuracies(sub.basis[:, 0], fx, fy, hx, hy, hs)
                     cell["token"].append(token)
                     cell["sentence"].append(sent)
                     cell["dirs"].append(sub.basis[:, 0].double())
                     cell.setdefault("fit_tokens", []).append(int(keep.sum()))
                     bar.update()
+            held64 = hx.double()
             for label in ESTIMATORS:
                 cell = results[f"{layer}|{size}|{label}"]
-                dirs = cell.pop("dirs")
-                pairs = list(itertools.combinations(dirs, 2))
+                pairs = list(itertools.combinations(cell.pop("dirs"), 2))
                 cell["pair_angles"] = [
                     float(principal_angles(a[:, None], b[:, None]).max()) for a, b in pairs
                 ]
-                held64 = hx.double()
                 cell["pair_projection_correlation"] = [
                     abs(float(torch.corrcoef(torch.stack([held64 @ a, held64 @ b]))[0, 1]))
                     for a, b in pairs
                 ]
     bar.close()
-    med = statistics.median
     lines = [
         "<!-- generated by benchmarks/probe_gemma.py; copy the tables into BENCHMARKS.md -->",
         "",
-        f"- **Command:** `{shlex.join(['.venv/bin/python', *sys.argv])}`",
-        f"- **Date:** {date}. **Runtime:** {time.perf_counter() - t0:.0f} s.",
-        f"- **Git:** {git.get('commit')}; src changes: {git.get('src_changes')}.",
-        f"- **Data:** FLORES-200 dev, {ROWS} aligned rows × {len(VARIETIES)} varieties "
-        f"({', '.join(VARIETIES)}; standard {VARIETIES[0]}), {HELD} rows held out; "
+        f"- **Command:** `{run.command}`",
+        f"- **Date:** {run.date}. **Runtime:** {run.seconds:.0f} s.",
+        f"- **Git:** {run.git.get('commit')}; src changes: {run.git.get('src_changes')}.",
+        f"- **Data:** FLORES-200 dev, {n_rows} aligned rows × {len(ARABIC)} varieties "
+        f"({', '.join(ARABIC)}; standard {ARABIC[0]}), {held} rows held out; "
         f"{int(is_held.sum())} held-out token states.",
         "",
         "Held-out balanced accuracy (standard vs rest) of the 1-D direction, per token / per "
-        "sentence, median over 5 seeds; stability = median over seed pairs of the angle "
-        "between their directions (°) and of the absolute correlation of the held-out "
+        f"sentence, median over {len(seeds)} seeds; stability = median over seed pairs of the "
+        "angle between their directions (°) and of the absolute correlation of the held-out "
         "token projections on them.",
         "",
     ]
     rows_md = []
-    for layer in LAYERS:
-        for size in FIT_ROWS:
+    for layer in layers:
+        for size in fit_rows:
             for label in ESTIMATORS:
                 c = results[f"{layer}|{size}|{label}"]
                 rows_md.append(
@@ -230,21 +215,8 @@ def main() -> int:
         rows_md,
     )
     text = "\n".join(lines) + "\n"
-    write_json(
-        RESULTS / "probe_gemma.json",
-        {
-            "benchmark": "probe_gemma",
-            "date": date,
-            "command": shlex.join([".venv/bin/python", *sys.argv]),
-            "machine": machine("transformers"),
-            "git": git,
-            "seconds": time.perf_counter() - t0,
-            "rows": ROWS,
-            "held_rows": HELD,
-            "results": results,
-        },
-    )
-    atomic_write(RESULTS / "probe_gemma.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    report = run.record(seconds=run.seconds, rows=n_rows, held_rows=held, results=results)
+    write_results(out_dir / "probe_gemma", report, text)
     print(text)
     return 0
 

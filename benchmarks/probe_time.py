@@ -15,6 +15,7 @@ one folder per study; an existing folder is refused by the CLI, nothing is overw
 Writes ``benchmarks/results/probe_time.json`` atomically and prints a markdown table.
 
     python benchmarks/probe_time.py [--studies flores fin-fkv deu-nds] [--keep docs/analysis]
+    python benchmarks/probe_time.py --quick --out DIR/probe_time.json   # smoke run
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import cpu_name, write_json
+from _common import CORPORA, RESULTS, cpu_name, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ROOT.parent / "shared" / "corpora"
 STUDIES: dict[str, tuple[str, str, list[str]]] = {
     "flores": (
         "flores200/dev",
@@ -47,10 +47,19 @@ STUDIES: dict[str, tuple[str, str, list[str]]] = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", nargs="+", choices=list(STUDIES), default=list(STUDIES))
-    parser.add_argument("--keep", default="docs/analysis", help="where probe outputs stay")
+    parser.add_argument("--keep", default=None, help="where probe outputs stay (docs/analysis)")
     parser.add_argument("--max-rows", type=int, default=1000)
-    parser.add_argument("--out", default="benchmarks/results/probe_time.json")
+    parser.add_argument("--out", default=str(RESULTS / "probe_time.json"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: --studies fin-fkv --max-rows 20, outputs kept in a new temporary folder",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.studies, args.max_rows = ["fin-fkv"], 20
+        args.keep = args.keep or tempfile.mkdtemp(prefix="probe-time-quick-")
+    args.keep = args.keep or "docs/analysis"
     exe = Path(sys.executable).with_name("vardecouple")
     rows = []
     for name in args.studies:

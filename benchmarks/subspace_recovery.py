@@ -3,7 +3,7 @@ r"""Subspace recovery benchmark (issue 3): largest principal angle vs number of 
 What it measures
 ----------------
 Every estimator of :mod:`vardecouple.subspace` is fitted to planted data from
-:func:`vardecouple.synthetic.planted_varieties` with ``d = 640`` (the hidden width of
+:func:`vardecouple.probes.synthetic.planted_varieties` with ``d = 640`` (the hidden width of
 Gemma-3-270m), a rank-4 standard subspace and 4 non-standard varieties:
 
 * the standard subspace ``U_s`` (640 × 4) carries ``SNR`` times the unit noise variance
@@ -68,15 +68,10 @@ other processes, OpenMP threads that spin-wait at barriers made a 0.5 s probe fi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import shlex
-import statistics
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +83,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from _common import atomic_write, git_state, machine
-from _common import json_safe as _json_safe
+from _common import RESULTS, Run, interleave, median, pyplot, save_figure, spread, write_results
 from _common import md_table as _table
-from vardecouple.subspace import SubspaceEstimator, make_estimator, principal_angles
-from vardecouple.synthetic import PlantedVarieties, planted_varieties
+from _planted import DIM, N_VARIETIES, RANK, draw, quietly, separation
+from vardecouple.probes import make_estimator
+from vardecouple.probes.base import SubspaceEstimator
+from vardecouple.probes.synthetic import PlantedVarieties
+from vardecouple.subspace import principal_angles
 
-DIM = 640  # hidden width of Gemma-3-270m
-RANK = 4
-N_VARIETIES = 4
 SNRS: tuple[float, ...] = (10.0, 50.0, 200.0)
 NS_FULL: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
 SEEDS_FULL: tuple[int, ...] = (0, 1, 2)
@@ -104,7 +98,6 @@ TIMING_N, TIMING_SNR, TIMING_REPS = 4096, 50.0, 5
 SPARSE_SUPPORT = 32  # coordinates carrying the discriminating directions (sparse block)
 SPARSE_SNRS: tuple[float, ...] = (50.0,)
 THREADS = 2
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -148,26 +141,6 @@ TARGET_NAMES = {
 }
 
 
-def separation(snr: float) -> float:
-    """Offset of each non-standard variety, in noise standard deviations: sqrt(SNR)."""
-    return snr**0.5
-
-
-def draw(n: int, snr: float, seed: int, support: int | None = None) -> PlantedVarieties:
-    """Planted data; ``support`` restricts the discriminating directions to that many
-    random coordinates (``None``: dense)."""
-    return planted_varieties(
-        n,
-        DIM,
-        RANK,
-        n_varieties=N_VARIETIES,
-        snr=snr,
-        separation=separation(snr),
-        support=support,
-        seed=seed,
-    )
-
-
 def fresh_batch(p: PlantedVarieties, n: int, snr: float, seed: int) -> PlantedVarieties:
     """A new batch from the same planted model as ``p`` (same ``U_s`` and ``D``).
 
@@ -204,23 +177,11 @@ def build(config: Config, seed: int) -> SubspaceEstimator:
     return make_estimator(config.name, RANK, **options)
 
 
-def quiet(call: Callable[[], Any]) -> Any:
-    """Run ``call`` with the rank-cap warning silenced (the standard-vs-rest probe)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*capped at.*")
-        return call()
-
-
 def score(sub_basis: Tensor, target: Tensor) -> tuple[float, list[float]]:
     """Largest principal angle (degrees); 90 when the estimate lacks a target dimension."""
     angles = [float(x) for x in principal_angles(sub_basis, target)]
     largest = 90.0 if sub_basis.shape[1] < target.shape[1] else max(angles)
     return largest, angles
-
-
-def median(values: list[float]) -> float:
-    finite = [v for v in values if v == v]
-    return statistics.median(finite) if finite else float("nan")
 
 
 # --------------------------------------------------------------------------- recovery
@@ -263,7 +224,7 @@ def run_recovery(
         for snr in snrs:
             for n in ns:
                 for seed in seeds:
-                    p = draw(n, snr, seed, support)
+                    p = draw(n, snr, seed, support=support)
                     for ci, config in enumerate(configs):
                         bar.set_postfix_str(f"SNR={snr:g} n={n} seed={seed} {config.label}")
                         cell = cells[(ci, snr, n)]
@@ -271,7 +232,7 @@ def run_recovery(
                         try:
                             est = build(config, seed)
                             start = time.perf_counter()
-                            sub = quiet(lambda est=est, p=p: est.fit(p.states, p.labels))
+                            sub = quietly(lambda est=est, p=p: est.fit(p.states, p.labels))
                             elapsed = time.perf_counter() - start
                             largest, angles = score(sub.basis, target_basis(p, config.target))
                             cell["largest_angle"].append(largest)
@@ -289,84 +250,90 @@ def run_recovery(
                             cell["rank"].append(0)
                             cell["iterations"].append(0)
                         bar.update()
-    out = []
-    for cell in cells.values():
-        vals = [v for v in cell["largest_angle"] if v == v]
-        cell["median"] = median(cell["largest_angle"])
-        cell["min"] = min(vals) if vals else float("nan")
-        cell["max"] = max(vals) if vals else float("nan")
-        out.append(cell)
-    return out
+    return [cell | spread(cell["largest_angle"]) for cell in cells.values()]
 
 
 # --------------------------------------------------------------------------- timing
 def run_timing(n: int, snr: float, reps: int) -> list[dict[str, Any]]:
+    """One ``fit`` and one ``update`` per estimator and repetition, a fresh estimator each
+    time, every estimator on the same draws (in the order of :data:`CONFIGS`), after one
+    untimed warm-up round on other draws."""
+    timed: list[Config] = []  # one per estimator (random appears twice in CONFIGS)
+    for config in CONFIGS:
+        if all(config.label != other.label for other in timed):
+            timed.append(config)
+    Draws = tuple[int, PlantedVarieties, PlantedVarieties]
+
+    def fit_and_update(config: Config) -> Callable[[Draws], dict[str, Any]]:
+        def call(x: Draws) -> dict[str, Any]:
+            rep, p, q = x
+            try:
+                est = build(config, rep)
+                start = time.perf_counter()
+                sub = quietly(lambda: est.fit(p.states, p.labels))
+                t_fit = time.perf_counter() - start
+                it_fit = est.last_iterations
+                a_fit, _ = score(sub.basis, target_basis(p, config.target))
+                start = time.perf_counter()
+                sub = quietly(lambda: est.update(q.states, q.labels))
+                t_upd = time.perf_counter() - start
+                it_upd = est.last_iterations
+                a_upd, _ = score(sub.basis, target_basis(q, config.target))
+            except Exception:
+                return {"error": traceback.format_exc()}  # the warm-up's are not reported
+            return {
+                "fit_seconds": t_fit,
+                "update_seconds": t_upd,
+                "fit_iterations": it_fit,
+                "update_iterations": it_upd,
+                "angle_after_fit": a_fit,
+                "angle_after_update": a_upd,
+            }
+
+        return call
+
+    def draws(rep: int, seed: int, fresh_seed: int) -> Draws:
+        p = draw(n, snr, seed)
+        return rep, p, fresh_batch(p, n, snr, fresh_seed)
+
+    with tqdm(total=reps * len(timed), desc="timing", unit="fit+update", dynamic_ncols=True) as bar:
+
+        def report(rep: int, label: str, result: dict[str, Any], _seconds: float) -> None:
+            if "error" in result:
+                tqdm.write(f"ERROR timing {label} rep={rep}\n{result['error']}")
+            bar.set_postfix_str(f"rep={rep} {label}")
+            bar.update()
+
+        runs = interleave(
+            {config.label: fit_and_update(config) for config in timed},
+            reps,
+            setup=lambda rep: draws(rep, 100 + rep, 200 + rep),
+            warmup=[draws(0, 10_000, 20_000)],  # imports, allocator, first-call overheads
+            rotate=False,
+            report=report,
+        )
+    keys = ("fit_seconds", "update_seconds", "ratio", "fit_iterations", "update_iterations")
+    keys += ("angle_after_fit", "angle_after_update")
     results = []
-    records: dict[int, dict[str, Any]] = {}
-    timed: list[tuple[int, Config]] = []  # one per estimator (random appears twice in CONFIGS)
-    for ci, config in enumerate(CONFIGS):
-        if all(config.label != other.label for _, other in timed):
-            timed.append((ci, config))
-    for ci, config in timed:
-        records[ci] = {
+    for config in timed:
+        rec: dict[str, Any] = {
             "estimator": config.label,
             "name": config.name,
             "options": config.options,
             "target": config.target,
             "n": n,
             "snr": snr,
-            "fit_seconds": [],
-            "update_seconds": [],
-            "ratio": [],
-            "fit_iterations": [],
-            "update_iterations": [],
-            "angle_after_fit": [],
-            "angle_after_update": [],
+            **{key: [] for key in keys},
             "errors": [],
         }
-    # warm-up (untimed): imports, allocator, first-call overheads
-    p0 = draw(n, snr, 10_000)
-    q0 = fresh_batch(p0, n, snr, 20_000)
-    for _, config in timed:
-        try:
-            est = build(config, 0)
-            quiet(lambda est=est: est.fit(p0.states, p0.labels))
-            quiet(lambda est=est: est.update(q0.states, q0.labels))
-        except Exception:
-            pass  # reported by the timed repetitions
-    with tqdm(total=reps * len(timed), desc="timing", unit="fit+update", dynamic_ncols=True) as bar:
-        for rep in range(reps):
-            p = draw(n, snr, 100 + rep)
-            q = fresh_batch(p, n, snr, 200 + rep)
-            for ci, config in timed:
-                bar.set_postfix_str(f"rep={rep} {config.label}")
-                rec = records[ci]
-                try:
-                    est = build(config, rep)
-                    target = target_basis(p, config.target)
-                    start = time.perf_counter()
-                    sub = quiet(lambda est=est, p=p: est.fit(p.states, p.labels))
-                    t_fit = time.perf_counter() - start
-                    it_fit = est.last_iterations
-                    a_fit, _ = score(sub.basis, target)
-                    start = time.perf_counter()
-                    sub = quiet(lambda est=est, q=q: est.update(q.states, q.labels))
-                    t_upd = time.perf_counter() - start
-                    it_upd = est.last_iterations
-                    a_upd, _ = score(sub.basis, target_basis(q, config.target))
-                    rec["fit_seconds"].append(t_fit)
-                    rec["update_seconds"].append(t_upd)
-                    rec["ratio"].append(t_fit / t_upd if t_upd > 0 else float("inf"))
-                    rec["fit_iterations"].append(it_fit)
-                    rec["update_iterations"].append(it_upd)
-                    rec["angle_after_fit"].append(a_fit)
-                    rec["angle_after_update"].append(a_upd)
-                except Exception:
-                    tb = traceback.format_exc()
-                    tqdm.write(f"ERROR timing {config.label} rep={rep}\n{tb}")
-                    rec["errors"].append({"rep": rep, "traceback": tb})
-                bar.update()
-    for rec in records.values():
+        for rep, got in enumerate(runs.results[config.label]):
+            if "error" in got:
+                rec["errors"].append({"rep": rep, "traceback": got["error"]})
+                continue
+            t_fit, t_upd = got["fit_seconds"], got["update_seconds"]
+            got["ratio"] = t_fit / t_upd if t_upd > 0 else float("inf")
+            for key in keys:
+                rec[key].append(got[key])
         rec["median_fit_seconds"] = median(rec["fit_seconds"])
         rec["median_update_seconds"] = median(rec["update_seconds"])
         rec["median_ratio"] = median(rec["ratio"])
@@ -602,6 +569,27 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- plots
+def curve(cells: list[dict[str, Any]], config: Config, snr: float) -> list[dict[str, Any]]:
+    """The cells of ``config`` at ``snr``, by n."""
+    return sorted(
+        (
+            c
+            for c in cells
+            if c["estimator"] == config.label and c["target"] == config.target and c["snr"] == snr
+        ),
+        key=lambda c: c["n"],
+    )
+
+
+def n_axis(ax: Any, ns: tuple[int, ...]) -> None:
+    """A log2 axis of n ticked at ``ns``, angles from 0 to 92°, a light grid."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(ns))
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_ylim(0, 92)
+    ax.grid(True, alpha=0.3)
+
+
 def plot_sparse(
     sparse: list[dict[str, Any]],
     dense: list[dict[str, Any]],
@@ -611,11 +599,7 @@ def plot_sparse(
 ) -> None:
     """The sparse block (solid, min–max bars) over the dense curves of the same
     estimators at the same SNR (thin, dotted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = {"variational (all)": "tab:green", "mean-diff": "tab:red", "leace": "tab:purple"}
     markers = {"variational (all)": "o", "mean-diff": "s", "leace": "^"}
     snrs = sorted({c["snr"] for c in sparse})
@@ -625,16 +609,7 @@ def plot_sparse(
             color, marker = colors[config.label], markers[config.label]
             dodge = 2 ** (0.06 * (i - 1))  # mean-diff and leace coincide
             for cells, dense_curve in ((dense, True), (sparse, False)):
-                rows = sorted(
-                    (
-                        c
-                        for c in cells
-                        if c["estimator"] == config.label
-                        and c["target"] == config.target
-                        and c["snr"] == snr
-                    ),
-                    key=lambda c: c["n"],
-                )
+                rows = curve(cells, config, snr)
                 if not rows:
                     continue
                 x = [c["n"] * dodge for c in rows]
@@ -664,35 +639,23 @@ def plot_sparse(
                         markersize=4,
                         label=f"{config.label}, {SPARSE_SUPPORT}-sparse D",
                     )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(ns))
-        ax.set_xticklabels([str(n) for n in ns])
-        ax.set_ylim(0, 92)
-        ax.grid(True, alpha=0.3)
+        n_axis(ax, ns)
         ax.set_title(f"SNR = {snr:g} (separation = {separation(snr):.2f} σ)")
         ax.set_xlabel("n (states, 5 balanced classes)")
         ax.set_ylabel("largest principal angle to D (°)")
         ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot(recovery: list[dict[str, Any]], ns: tuple[int, ...], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = (
         ("standard subspace $U_s$ (rank 4)", ("standard",)),
         (
             "discriminating basis $D$ (rank 4) / standard-vs-rest direction",
-            (
-                "discriminating",
-                "standard-vs-rest",
-            ),
+            ("discriminating", "standard-vs-rest"),
         ),
     )
     styles = {
@@ -713,16 +676,7 @@ def plot(recovery: list[dict[str, Any]], ns: tuple[int, ...], path: Path, title:
             for config in CONFIGS:
                 if config.target not in targets:
                     continue
-                cells = sorted(
-                    (
-                        c
-                        for c in recovery
-                        if c["estimator"] == config.label
-                        and c["target"] == config.target
-                        and c["snr"] == snr
-                    ),
-                    key=lambda c: c["n"],
-                )
+                cells = curve(recovery, config, snr)
                 # estimators that coincide (pca / generative, mean-diff / leace) are
                 # dodged sideways so that every line stays visible
                 x = [c["n"] * 2 ** dodge[(config.label, config.target)] for c in cells]
@@ -744,23 +698,17 @@ def plot(recovery: list[dict[str, Any]], ns: tuple[int, ...], path: Path, title:
                     capsize=2,
                     markersize=4,
                 )
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(list(ns))
-            ax.set_xticklabels([str(n) for n in ns])
-            ax.set_ylim(0, 92)
-            ax.grid(True, alpha=0.3)
+            n_axis(ax, ns)
             if row == 0:
                 ax.set_title(f"SNR = {snr:g} (separation = {separation(snr):.2f} σ)")
             if row == 1:
                 ax.set_xlabel("n (states, 5 balanced classes)")
             if col == 0:
                 ax.set_ylabel(f"largest principal angle (°)\n{row_title}", fontsize=9)
-            if col == 0:
                 ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -774,42 +722,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
-    out: Path = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
+    out: Path = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     ns = tuple(n for n in NS_FULL if n <= 512) if args.quick else NS_FULL
     seeds = SEEDS_FULL[:1] if args.quick else SEEDS_FULL
     timing_n, reps = (512, 2) if args.quick else (TIMING_N, TIMING_REPS)
 
-    started = time.perf_counter()
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    load = {"start": os.getloadavg()}  # other processes share the CPU: record the load
+    run = Run("subspace_recovery", python=Path(sys.executable).name)
     recovery = run_recovery(ns, seeds)
-    recovery_seconds = time.perf_counter() - started
-    load["before_sparse"] = os.getloadavg()
+    recovery_seconds = run.seconds
+    run.mark("before_sparse")
     sparse = run_recovery(
         ns, seeds, SPARSE_CONFIGS, SPARSE_SNRS, support=SPARSE_SUPPORT, desc="sparse"
     )
-    sparse_seconds = time.perf_counter() - started - recovery_seconds
-    load["before_timing"] = os.getloadavg()
+    sparse_seconds = run.seconds - recovery_seconds
+    run.mark("before_timing")
     timing = run_timing(timing_n, TIMING_SNR, reps)
-    load["end"] = os.getloadavg()
-    total_seconds = time.perf_counter() - started
+    run.mark("end")
+    total_seconds = run.seconds
     timing_seconds = total_seconds - recovery_seconds - sparse_seconds
-    targets = check_targets(recovery, timing)
 
-    report = {
-        "benchmark": "subspace_recovery",
-        "date": date,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
-        "git": git_state(),
-        "runtime_seconds": {
+    report = run.record(
+        runtime_seconds={
             "recovery": recovery_seconds,
             "sparse": sparse_seconds,
             "timing": timing_seconds,
             "total": total_seconds,
         },
-        "load_average_1_5_15min": load,
-        "config": {
+        load_average_1_5_15min=run.load,
+        config={
             "dim": DIM,
             "rank": RANK,
             "n_varieties": N_VARIETIES,
@@ -827,17 +767,12 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "rank_deficient_estimate_counts_as": 90.0,
         },
-        "recovery": recovery,
-        "sparse_recovery": sparse,
-        "timing": timing,
-        "targets": targets,
-    }
-    atomic_write(
-        out / "subspace_recovery.json",
-        lambda tmp: tmp.write_text(json.dumps(_json_safe(report), indent=1) + "\n"),
+        recovery=recovery,
+        sparse_recovery=sparse,
+        timing=timing,
+        targets=check_targets(recovery, timing),
     )
-    tables = markdown(report)
-    atomic_write(out / "subspace_recovery.md", lambda tmp: tmp.write_text(tables))
+    written = write_results(out / "subspace_recovery", report, markdown(report))
     plot(
         recovery,
         ns,
@@ -859,11 +794,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = sum(len(c["errors"]) for c in (*recovery, *sparse)) + sum(
         len(t["errors"]) for t in timing
     )
-    written = ", ".join(
-        str(out / f"subspace_recovery{suffix}")
-        for suffix in (".json", ".md", ".png", "_sparse.png")
-    )
-    print(f"wrote {written}")
+    written += [out / "subspace_recovery.png", out / "subspace_recovery_sparse.png"]
+    print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"total {total_seconds:.0f} s; {errors} error(s)")
     return 1 if errors else 0
 

@@ -2,7 +2,8 @@ r"""Which estimator should the decoupler use? The subspace-recovery targets of i
 
 Extends ``subspace_recovery.py`` (issue 3) to the estimators that could replace the
 paper's probe as the default, scored against the *Bayes-optimal* directions
-:math:`\Sigma_W^{-1}\Delta\mu` (:meth:`vardecouple.synthetic.PlantedVarieties.bayes_direction`;
+:math:`\Sigma_W^{-1}\Delta\mu`
+(:meth:`vardecouple.probes.synthetic.PlantedVarieties.bayes_direction`;
 with isotropic noise they are the planted discriminating directions themselves), on
 three planted families at d = 640 (the width of gemma3-270m), 4 non-standard varieties,
 a rank-4 standard subspace, classes balanced:
@@ -38,20 +39,16 @@ Command::
 
 Finished (family, SNR) cells are kept in ``.bench/subspace_targets/`` (``--quick``:
 ``.bench/subspace_targets_quick/``) and reused, so an interrupted run resumes; the
-results go to ``results/subspace_targets.{json,md,png}`` (``--quick``: ``results/quick/``).
+results go to ``results/subspace_targets.{json,md,png}`` (``--quick``: ``results/quick/``;
+``--out DIR``: that folder).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import shlex
-import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +58,22 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from _common import ROOT, atomic_write, git_state, machine, md_table, write_json
-from vardecouple.subspace import make_estimator, principal_angles
-from vardecouple.synthetic import PlantedVarieties, planted_varieties
+from _common import (
+    RESULTS,
+    ROOT,
+    Run,
+    md_table,
+    median,
+    pyplot,
+    save_figure,
+    write_json,
+    write_results,
+)
+from _planted import DIM, RANK, balanced_accuracy, largest_angle, timed_fit
+from _planted import draw as planted
+from vardecouple.probes import make_estimator
+from vardecouple.probes.synthetic import PlantedVarieties
 
-DIM, RANK, VARIETIES = 640, 4, 4
 NS = (256, 512, 1024, 2048, 4096)
 SEEDS = (0, 1, 2, 3, 4)
 TEST_N = 4096
@@ -88,7 +96,6 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 BASELINES = ("mean-diff", "leace (row)")
 READINGS = {"all": ("all", RANK), "1-D": ("standard-vs-rest", 1)}
-RESULTS = Path(__file__).resolve().parent / "results"
 SPECTRUM = RESULTS / "gemma_spectrum.json"
 
 
@@ -106,42 +113,8 @@ def draw(family: str, snr: float, n: int, seed: int, sample_seed: int) -> Plante
     if family == "anisotropic":
         order = torch.randperm(DIM, generator=torch.Generator().manual_seed(seed))
         noise = gemma_variances()[order]
-    return planted_varieties(
-        n,
-        DIM,
-        RANK,
-        n_varieties=VARIETIES,
-        snr=snr,
-        separation=snr**0.5,
-        support=SPARSE_SUPPORT if family == "sparse" else None,
-        noise_variances=noise,
-        seed=seed,
-        sample_seed=sample_seed,
-    )
-
-
-def angle(basis: Tensor, target: Tensor) -> float:
-    """Largest principal angle (degrees); 90 when the estimate lacks a target dimension."""
-    if basis.shape[1] < target.shape[1]:
-        return 90.0
-    return float(principal_angles(basis, target).max())
-
-
-def balanced_accuracy(direction: Tensor, train: PlantedVarieties, test: PlantedVarieties) -> float:
-    """Held-out balanced accuracy (standard vs the rest) of the 1-D projection."""
-    w = direction[:, 0].double()
-
-    def means(p: PlantedVarieties) -> tuple[float, float]:
-        z = p.states.double() @ w
-        return float(z[p.labels == 0].mean()), float(z[p.labels > 0].mean())
-
-    standard, rest = means(train)
-    sign = 1.0 if rest > standard else -1.0
-    z = sign * (test.states.double() @ w - (standard + rest) / 2)
-    is_rest = test.labels > 0
-    return 0.5 * (
-        float((z[~is_rest] <= 0).double().mean()) + float((z[is_rest] > 0).double().mean())
-    )
+    support = SPARSE_SUPPORT if family == "sparse" else None
+    return planted(n, snr, seed, support=support, noise_variances=noise, sample_seed=sample_seed)
 
 
 def run_cell(
@@ -161,17 +134,16 @@ def run_cell(
             targets = {r: train.bayes_direction(classes) for r, (classes, _) in READINGS.items()}
             accuracy["bayes"][str(n)].append(balanced_accuracy(targets["1-D"], train, test))
             mean_diff_to_bayes[str(n)].append(
-                angle(train.standard_vs_rest_direction, targets["1-D"])
+                largest_angle(train.standard_vs_rest_direction, targets["1-D"])
             )
             for label, (name, options) in ESTIMATORS.items():
                 for reading, (classes, rank) in READINGS.items():
                     est = make_estimator(name, rank, classes=classes, **options)
-                    start = time.perf_counter()
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        sub = est.fit(train.states, train.labels)
-                    seconds[label][str(n)].append(time.perf_counter() - start)
-                    angles[f"{label}|{reading}"][str(n)].append(angle(sub.basis, targets[reading]))
+                    sub, took = timed_fit(est, train.states, train.labels, ignore="")
+                    seconds[label][str(n)].append(took)
+                    angles[f"{label}|{reading}"][str(n)].append(
+                        largest_angle(sub.basis, targets[reading])
+                    )
                     if reading == "1-D":
                         accuracy[label][str(n)].append(balanced_accuracy(sub.basis, train, test))
             bar.update()
@@ -183,10 +155,6 @@ def run_cell(
         planted_mean_difference_to_bayes=mean_diff_to_bayes,
     )
     return cell
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def checks(cell: dict[str, Any], label: str, reading: str) -> dict[str, Any]:
@@ -290,11 +258,7 @@ def report(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(cells: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(
         2, len(cells), figsize=(3.2 * len(cells), 6.4), sharex=True, squeeze=False
     )
@@ -315,20 +279,19 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                 ax.set_xlabel("n")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="n <= 512, 1 seed (a smoke run)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     ns, seeds = (NS[:2], SEEDS[:1]) if args.quick else (NS, SEEDS)
     cache = ROOT / ".bench" / ("subspace_targets_quick" if args.quick else "subspace_targets")
-    out = RESULTS / "quick" if args.quick else RESULTS
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    git, t0 = git_state(), time.perf_counter()
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    run = Run("subspace_targets")
     cells = []
     for family, snr in FAMILIES:
         path = cache / f"{family}_snr{snr:g}.json"
@@ -337,27 +300,21 @@ def main() -> int:
             print(f"{family} SNR {snr:g}: reused {path}", flush=True)
             continue
         cell = run_cell(family, snr, ns, seeds)
-        cell["git"] = git
+        cell["git"] = run.git
         write_json(path, cell)
         cells.append(cell)
-    meta = {
-        "benchmark": "subspace_targets",
-        "date": date,
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "machine": machine(),
-        "git": git,
-        "seconds": time.perf_counter() - t0,
-        "spectrum": f"{SPECTRUM.name}: layer 9, {json.loads(SPECTRUM.read_text())['data']}",
-    }
+    meta = run.record(
+        seconds=run.seconds,
+        spectrum=f"{SPECTRUM.name}: layer 9, {json.loads(SPECTRUM.read_text())['data']}",
+    )
     checked = {
         f"{c['family']} SNR {c['snr']:g}|{label}|{reading}": checks(c, label, reading)
         for c in cells
         for label in ESTIMATORS
         for reading in READINGS
     }
-    write_json(out / "subspace_targets.json", {**meta, "cells": cells, "checks": checked})
     text = report(cells, meta)
-    atomic_write(out / "subspace_targets.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_results(out / "subspace_targets", {**meta, "cells": cells, "checks": checked}, text)
     plot(cells, out / "subspace_targets.png")
     print(text)
     return 0

@@ -11,7 +11,7 @@ ways plus a trimmed variant, in one process:
   from ``labels=`` (full 262k-vocabulary logits at every position), the Trainer's default
   optimizer (fused AdamW), ``DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)``
   with right padding;
-* **(b)** the step of :func:`vardecouple.train.train`, standard arm (``penalize=False``:
+* **(b)** the step of :func:`vardecouple.train.loop.train`, standard arm (``penalize=False``:
   logits only at supervised positions, the penalty only logged, without gradient);
 * **(b′)** the same as (b) with vocabulary trimming on (``TrainConfig.trim_vocab``: the
   softmax over :func:`~vardecouple.train.trimmed_vocab` of the training features, an
@@ -70,7 +70,8 @@ It writes, atomically, ``benchmarks/results/train_speed.json`` (every step time 
 its user/system CPU seconds and minor page faults, the losses, refresh times, load
 averages, the CPU time other processes took, machine,
 versions, git state, date and command) and ``benchmarks/results/train_speed.md`` (the
-tables for ``BENCHMARKS.md``); ``--quick`` writes ``train_speed_quick.{json,md}``.
+tables for ``BENCHMARKS.md``); ``--quick`` writes ``train_speed_quick.{json,md}``,
+``--stem`` names the files and ``--out DIR`` puts them into DIR.
 
 Computation uses ``torch.set_num_threads(2)``. Unless ``OMP_WAIT_POLICY`` is already
 set, it is set to ``PASSIVE`` before torch is imported: on a shared 2-core machine,
@@ -80,18 +81,14 @@ spin-waiting OpenMP threads distort timings badly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import datetime as dt
-import json
 import math
 import os
-import resource
-import shlex
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,25 +97,30 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch
 from torch import Tensor, nn
 
-from _common import atomic_write, git_state, machine
-from _common import json_safe as _json_safe
+from _common import (
+    CORPORA,
+    RESULTS,
+    ROOT,
+    CpuMeter,
+    Run,
+    interleave,
+    median,
+    met,
+    rotated,
+    usage,
+    usage_since,
+    write_results,
+)
 from _common import md_table as _table
 from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
-from vardecouple.model import LoadedModel, add_lora, load_model
-from vardecouple.states import _decoder_body, capture
+from vardecouple.model.load import LoadedModel, load_model
+from vardecouple.model.lora import add_lora
+from vardecouple.model.states import capture, decoder_body
 from vardecouple.subspace import principal_angles
-from vardecouple.train import (
-    Objective,
-    batches,
-    collate,
-    micro_step,
-    trimmed_vocab,
-)
+from vardecouple.train.step import Objective, batches, collate, micro_step, trimmed_vocab
 
-ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpora" / "flores200"
-RESULTS = Path(__file__).resolve().parent / "results"
+CORPUS = CORPORA / "flores200"
 MODEL = "gemma3-270m"
 STANDARD = "arb_Arab"
 VARIETIES = ("arz_Arab", "ary_Arab", "acm_Arab", "aeb_Arab", "ajp_Arab", "apc_Arab")
@@ -160,56 +162,12 @@ REFRESH_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------- helpers
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def summarise(seconds: Sequence[float], tokens: Sequence[int], warmup: int) -> dict[str, Any]:
     timed_s, timed_t = list(seconds[warmup:]), list(tokens[warmup:])
     return {
         "median_seconds_per_step": median(timed_s),
         "median_tokens_per_s": median([t / s for t, s in zip(timed_t, timed_s, strict=True)]),
         "timed_steps": len(timed_s),
-    }
-
-
-class CpuMeter:
-    """CPU time taken by *other* processes while we run: busy time of the whole machine
-    (``/proc/stat``) minus this process's own CPU time, per second of wall time."""
-
-    def __init__(self) -> None:
-        self.start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float]:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-            ticks = [int(x) for x in fields]
-            busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        own = os.times()
-        return time.monotonic(), busy, own.user + own.system
-
-    def others_cores(self) -> float:
-        """Mean number of cores other processes kept busy since the start."""
-        wall, busy, own = (b - a for a, b in zip(self.start, self._read(), strict=True))
-        return (busy - own) / wall if wall > 0 else float("nan")
-
-
-def usage() -> tuple[float, float, int]:
-    """This process's user and system CPU seconds and minor page faults so far."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime, ru.ru_stime, ru.ru_minflt
-
-
-def usage_since(start: tuple[float, float, int]) -> dict[str, float]:
-    """CPU user/system seconds and minor page faults since ``start`` (from :func:`usage`)."""
-    now = usage()
-    return {
-        "cpu_user_s": now[0] - start[0],
-        "cpu_sys_s": now[1] - start[1],
-        "minor_faults": now[2] - start[2],
     }
 
 
@@ -251,10 +209,10 @@ class TimedDecoupler(OnlineDecoupler):
         self.refresh_log: list[dict[str, Any]] = []
         self._forward = 0.0
 
-    def _states(self, model: nn.Module, tokenizer: Any, sentences: Sequence[Any]) -> Any:
+    def states(self, model: nn.Module, tokenizer: Any, sentences: Sequence[Any]) -> Any:
         t0 = time.perf_counter()
         try:
-            return super()._states(model, tokenizer, sentences)
+            return super().states(model, tokenizer, sentences)
         finally:
             self._forward += time.perf_counter() - t0
 
@@ -278,7 +236,7 @@ class TimedDecoupler(OnlineDecoupler):
 
 # --------------------------------------------------------------------------- (b), (c)
 class OurArm:
-    """One arm of this loop: the body of :func:`vardecouple.train.train`'s step, timed
+    """One arm of this loop: the body of :func:`vardecouple.train.loop.train`'s step, timed
     the same way (``seconds`` from before collation to after the ``.item()`` logging)."""
 
     def __init__(
@@ -412,8 +370,7 @@ def run_interleaved(
             a_log["seconds"].append(time.perf_counter() - self.t0)
             a_log["usage"].append(usage_since(self.u0))
             k = len(a_log["seconds"]) - 1
-            order = ("b", "t", "h", "c")[k % 4 :] + ("b", "t", "h", "c")[: k % 4]
-            for name in order:
+            for name in rotated(("b", "t", "h", "c"), k):
                 arms[name].step(k, plan[k])
             a_log["load"].append(os.getloadavg()[0])
             times = ", ".join(
@@ -510,34 +467,35 @@ def time_refreshes(
     """Every :data:`REFRESH_VARIANTS` warm refresh from the same decoupler ``state`` on
     the same trained model, :data:`REFRESH_REPEATS` times each, in rotating order; each
     variant's subspace and logged overlaps against the exact one's."""
-    import contextlib
+    # the module whose refresh reads the probe states with the adapters folded in
+    probe_module = sys.modules[OnlineDecoupler.states.__module__]
+    folded = probe_module.folded_weights
 
-    import vardecouple.decouple as decouple_module
-
-    folded = decouple_module.folded_weights
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in REFRESH_VARIANTS}
-    names = list(REFRESH_VARIANTS)
-    for repeat in range(repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+    def refresh(name: str) -> Callable[[int], dict[str, Any]]:
+        def call(_repeat: int) -> dict[str, Any]:
             config = DecouplerConfig(**DECOUPLER, seed=SEED, **REFRESH_VARIANTS[name])
             dec = TimedDecoupler(config, probe, loaded.num_layers)
             dec.load_state_dict(copy.deepcopy(state))
             if name == "unfolded":
-                decouple_module.folded_weights = lambda *_a, **_k: contextlib.nullcontext()
+                probe_module.folded_weights = lambda *_a, **_k: contextlib.nullcontext()
             try:
                 log = dec.refresh(loaded.model, loaded.tokenizer, step)
             finally:
-                decouple_module.folded_weights = folded
-            timing = dec.refresh_log[-1]
-            runs[name].append(
-                timing
-                | {
-                    "basis": dec.subspaces[9].basis,
-                    "overlap": log["overlap"],
-                    "angle_to_previous": log["angle_to_previous"]["9"],
-                }
-            )
-            print(f"refresh {name} #{repeat}: {timing['seconds']:.1f} s", flush=True)
+                probe_module.folded_weights = folded
+            return dec.refresh_log[-1] | {
+                "basis": dec.subspaces[9].basis,
+                "overlap": log["overlap"],
+                "angle_to_previous": log["angle_to_previous"]["9"],
+            }
+
+        return call
+
+    def report(repeat: int, name: str, timing: dict[str, Any], _seconds: float) -> None:
+        print(f"refresh {name} #{repeat}: {timing['seconds']:.1f} s", flush=True)
+
+    runs = interleave(
+        {name: refresh(name) for name in REFRESH_VARIANTS}, repeats, report=report
+    ).results
     exact = runs["exact"][0]
     out: dict[str, Any] = {}
     for name, rows in runs.items():
@@ -594,7 +552,7 @@ def profile_steps(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR)
     batch = collate([features[i] for i in batch_ids], loaded.tokenizer.pad_token_id)
-    body = _decoder_body(model)
+    body = decoder_body(model)
     head = model.get_base_model().get_output_embeddings()
     layers = decoupler.layers
 
@@ -820,32 +778,32 @@ def markdown(report: dict[str, Any]) -> str:
                 [
                     f"(b)/(a) ≥ {TARGET_B_OVER_A:g}× (exact loss)",
                     f"{ratios['b_over_a']:.2f}×",
-                    "yes" if targets["b_over_a_exact"] else "**no**",
+                    met(targets["b_over_a_exact"]),
                 ],
                 [
                     f"(b′)/(a) ≥ {TARGET_B_OVER_A_TRIMMED:g}× (vocabulary trimming on)",
                     f"{ratios['b_trimmed_over_a']:.2f}×",
-                    "yes" if targets["b_over_a_trimmed"] else "**no**",
+                    met(targets["b_over_a_trimmed"]),
                 ],
                 [
                     f"(c)/(b) ≥ {TARGET_C_OVER_B:g} (exact refresh amortised, (b) refreshing not)",
                     f"{ratios['c_over_b']:.2f}",
-                    "yes" if targets["c_over_b"] else "**no**",
+                    met(targets["c_over_b"]),
                 ],
                 [
                     f"(d)/(b) ≥ {TARGET_BF16_OVER_B:g}× (bf16 autocast)",
                     f"{ratios['bf16_over_b']:.2f}×",
-                    "yes" if targets["bf16_over_b"] else "**no**",
+                    met(targets["bf16_over_b"]),
                 ],
                 [
                     f"warm refresh ≤ {TARGET_WARM_REFRESH_S:g} s, exact",
                     f"{variants['exact']['median_seconds']:.1f} s",
-                    "yes" if targets["warm_refresh_exact"] else "**no**",
+                    met(targets["warm_refresh_exact"]),
                 ],
                 [
                     f"warm refresh ≤ {TARGET_WARM_REFRESH_S:g} s, fastest approximation",
                     f"{min(v['median_seconds'] for v in variants.values()):.1f} s",
-                    "yes" if targets["warm_refresh_any"] else "**no**",
+                    met(targets["warm_refresh_any"]),
                 ],
             ],
         ),
@@ -902,16 +860,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="profile even if targets are met")
     parser.add_argument("--no-profile", action="store_true", help="never profile")
     parser.add_argument("--stem", help="results file name (default train_speed[_quick])")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     warmup, timed = (QUICK_WARMUP, QUICK_TIMED) if args.quick else (WARMUP, TIMED)
     steps = warmup + timed
     stem = args.stem or ("train_speed_quick" if args.quick else "train_speed")
 
-    started = time.perf_counter()
-    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    load: dict[str, Any] = {"start": os.getloadavg()}
-    git = git_state()  # at the start: the code this run imported (src/ may change meanwhile)
+    # date and git state at the start: the code this run imported (src/ may change meanwhile)
+    run = Run("train_speed", "transformers", "peft", "accelerate")
     tokenizer = load_model(MODEL).tokenizer
     splits, features = load_data(tokenizer)
     # exactly the plan train(steps=steps, batch_size=BATCH, seed=SEED) follows
@@ -926,18 +883,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         for s in splits.probe
     )
-    print(f"data ready in {time.perf_counter() - started:.0f} s; batches {tokens}", flush=True)
+    print(f"data ready in {run.seconds:.0f} s; batches {tokens}", flush=True)
 
-    load["before_steps"] = os.getloadavg()
+    run.mark("before_steps")
     t = time.perf_counter()
-    run = run_interleaved(
+    arms = run_interleaved(
         features, splits.probe, plan, warmup, 1 if args.quick else REFRESH_REPEATS
     )
     runtime = {"interleaved_run": time.perf_counter() - t}
-    load["after_steps"] = os.getloadavg()
-    kept_model, kept_decoupler, vocab = run.pop("_keep")
-    arm_a, arm_b, arm_c, arm_t, arm_h = run["a"], run["b"], run["c"], run["t"], run["h"]
-    refresh = run["refresh_variants"]
+    run.mark("after_steps")
+    kept_model, kept_decoupler, vocab = arms.pop("_keep")
+    arm_a, arm_b, arm_c, arm_t, arm_h = arms["a"], arms["b"], arms["c"], arms["t"], arms["h"]
+    refresh = arms["refresh_variants"]
     warm_s = refresh["exact"]["median_seconds"]
     c_amort = amortise(arm_c, warm_s, REFRESH_EVERY, warmup)
     b_amort = amortise(arm_b, warm_s, REFRESH_EVERY, warmup)  # train()'s standard arm too
@@ -980,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         variants |= {"b", "c"}
     profile_report = None
     if variants and not args.no_profile:
-        load["before_profile"] = os.getloadavg()
+        run.mark("before_profile")
         t = time.perf_counter()
         profile_report = profile_steps(
             kept_model,
@@ -991,20 +948,15 @@ def main(argv: list[str] | None = None) -> int:
             vocab,
         )
         runtime["profile"] = time.perf_counter() - t
-    load["end"] = os.getloadavg()
-    runtime["total"] = time.perf_counter() - started
+    run.mark("end")
+    runtime["total"] = run.seconds
 
-    report = {
-        "benchmark": "train_speed",
-        "date": date,
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "machine": machine("transformers", "peft", "accelerate"),
-        "git": git,
-        "runtime_seconds": runtime,
-        "load_average_1_5_15min": load,
-        "load_1min_after_each_step": run["load_1min_after_each_step"],
-        "other_processes_cores": run["other_processes_cores"],
-        "setup": {
+    report = run.record(
+        runtime_seconds=runtime,
+        load_average_1_5_15min=run.load,
+        load_1min_after_each_step=arms["load_1min_after_each_step"],
+        other_processes_cores=arms["other_processes_cores"],
+        setup={
             "model": MODEL,
             "dtype": "float32 ((d): bf16 autocast)",
             "data": f"{CORPUS.relative_to(ROOT.parent)} dev (devtest = test corpus)",
@@ -1032,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
             "trimmed_vocab_rows": arm_t["vocab_rows"],
             "quick": args.quick,
         },
-        "arms": {
+        arms={
             "a": arm_a,
             "b": arm_b,
             "t": arm_t,
@@ -1041,26 +993,22 @@ def main(argv: list[str] | None = None) -> int:
             "c_amortised": c_amort,
             "b_amortised": b_amort,
         },
-        "refresh_variants": refresh,
-        "ratios": ratios,
-        "targets": targets,
-        "checks": {
+        refresh_variants=refresh,
+        ratios=ratios,
+        targets=targets,
+        checks={
             "first_loss_a": arm_a["losses"][0] if arm_a["losses"] else float("nan"),
             "first_loss_b": arm_b["lm_losses"][0],
             "first_loss_c": arm_c["lm_losses"][0],
             "first_loss_b_trimmed": arm_t["lm_losses"][0],
             "first_loss_bf16": arm_h["lm_losses"][0],
         },
-        "profile": profile_report,
-    }
-    atomic_write(
-        RESULTS / f"{stem}.json",
-        lambda tmp: tmp.write_text(json.dumps(_json_safe(report), indent=1) + "\n"),
+        profile=profile_report,
     )
     text = markdown(report)
-    atomic_write(RESULTS / f"{stem}.md", lambda tmp: tmp.write_text(text))
+    write_results(args.out / stem, report, text, ensure_ascii=True)
     print(text)
-    print(f"total {runtime['total']:.0f} s; wrote {RESULTS / stem}.{{json,md}}")
+    print(f"total {runtime['total']:.0f} s; wrote {args.out / stem}.{{json,md}}")
     return 0
 
 

@@ -3,7 +3,8 @@
 The decoupled/standard ratio is noisy on a shared 2-core machine (a few percent from step
 to step), so the target is judged on the median of several whole runs, each of which
 already takes medians over its steps. Reads ``benchmarks/results/STEM_run*.json`` and
-writes ``STEM_runs.json`` / ``STEM_runs.md`` beside them::
+writes ``STEM_runs.json`` / ``STEM_runs.md`` beside them (``--results DIR`` reads another
+folder, ``--out DIR`` writes into another)::
 
     .venv/bin/python benchmarks/train_speed_runs.py --stem train_speed_2
 """
@@ -17,9 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import atomic_write, md_table, write_json
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import RESULTS, md_table, spread, write_results
 
 
 def _ratio_with_refresh(run: dict[str, Any], variant: str, standard_refreshes: bool) -> float:
@@ -58,24 +57,19 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rows[f"angle of `{variant}` to exact (°)"] = [
             r["refresh_variants"][variant]["largest_angle_to_exact_deg"] for r in runs
         ]
-    return {
-        name: {
-            "runs": values,
-            "median": statistics.median(values),
-            "min": min(values),
-            "max": max(values),
-        }
-        for name, values in rows.items()
-    }
+    return {name: {"runs": values, **spread(values)} for name, values in rows.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--stem", default="train_speed_2")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the runs are")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (--results)")
     args = parser.parse_args(argv)
-    paths = sorted(RESULTS.glob(f"{args.stem}_run*.json"))
+    # STEM_run1.json, STEM_run2.json, ... (not STEM_runs.json, this script's own output)
+    paths = sorted(p for p in args.results.glob(f"{args.stem}_run*.json") if p.stem[-1].isdigit())
     if not paths:
-        print(f"no {args.stem}_run*.json in {RESULTS}", file=sys.stderr)
+        print(f"no {args.stem}_run*.json in {args.results}", file=sys.stderr)
         return 2
     runs = [json.loads(p.read_text()) for p in paths]
     summary = summarise(runs)
@@ -97,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(
         [f"{len(runs)} runs ({', '.join(dates)}; commit {', '.join(commits)}):", "", *table]
     )
-    write_json(
-        RESULTS / f"{args.stem}_runs.json", {"runs": [p.name for p in paths], "summary": summary}
-    )
-    atomic_write(RESULTS / f"{args.stem}_runs.md", lambda tmp: tmp.write_text(text + "\n"))
+    report = {"runs": [p.name for p in paths], "summary": summary}
+    write_results((args.out or args.results) / f"{args.stem}_runs", report, text + "\n")
     print(text)
     return 0
 
