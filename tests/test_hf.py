@@ -47,7 +47,7 @@ def parts():
     return loaded, splits, features, config
 
 
-def _trainer(loaded, features, tmp_path: Path, steps: int):
+def _trainer(loaded, features, tmp_path: Path, steps: int, save_steps: int = 0):
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     rows = [{k: f[k] for k in ("input_ids", "labels", "low_resource")} for f in features]
@@ -58,7 +58,8 @@ def _trainer(loaded, features, tmp_path: Path, steps: int):
         learning_rate=1e-3,
         report_to=[],
         use_cpu=True,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
         logging_steps=1,
         disable_tqdm=True,
     )
@@ -104,3 +105,88 @@ def test_trainer_runs_refreshes_on_schedule(parts, tmp_path) -> None:
     assert len(callback.penalties) == 7 and all(p > 0 for p in callback.penalties)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def _fresh(parts):
+    """The fixture's model as it was before any training: same seed, same LoRA init."""
+    _, splits, _, config = parts
+    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
+    loaded = load_model(
+        "tiny-random", corpus_texts=[t for r in corpus.rows[:2000] for t in r.values()]
+    )
+    add_lora(loaded, r=4, alpha=8)
+    return loaded, OnlineDecoupler(config, splits.probe, loaded.num_layers)
+
+
+def test_a_resumed_trainer_run_continues_the_decoupler_exactly(parts, tmp_path) -> None:
+    """A Trainer run that crashes after its step-4 checkpoint and is resumed from it logs
+    the same penalties and refreshes as an uninterrupted run and ends with the same LoRA
+    weights, bit for bit (the decoupler's state travels in the checkpoint)."""
+    from transformers import TrainerCallback
+
+    features = parts[2]
+    loaded, decoupler = _fresh(parts)
+    whole = _trainer(loaded, features, tmp_path / "whole", steps=10, save_steps=4)
+    want = add_decoupling(whole, decoupler)
+    whole.train()
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 6:
+                raise RuntimeError("crash after the step-4 checkpoint")
+
+    loaded, decoupler = _fresh(parts)
+    cut = _trainer(loaded, features, tmp_path / "cut", steps=10, save_steps=4)
+    add_decoupling(cut, decoupler)
+    cut.add_callback(Crash())
+    with pytest.raises(RuntimeError, match="crash"):
+        cut.train()
+    checkpoint = tmp_path / "cut" / "checkpoint-4"
+    assert (checkpoint / "decoupler.safetensors").is_file()
+    assert (checkpoint / "decoupler.json").is_file()
+
+    loaded, decoupler = _fresh(parts)  # a new process: nothing of the first attempt
+    again = _trainer(loaded, features, tmp_path / "cut", steps=10, save_steps=4)
+    got = add_decoupling(again, decoupler)
+    again.train(resume_from_checkpoint=str(checkpoint))
+    assert got.penalties == want.penalties[4:]
+    assert [r["step"] for r in got.refreshes] == [6, 9]
+    assert got.refreshes == [r for r in want.refreshes if r["step"] > 4]
+    final = {k: v for k, v in whole.model.state_dict().items() if "lora" in k}
+    for key, value in again.model.state_dict().items():
+        if "lora" in key:
+            assert torch.equal(value, final[key]), key
+
+
+def test_a_resume_without_decoupler_state_is_refused(parts, tmp_path) -> None:
+    features = parts[2]
+    loaded, _ = _fresh(parts)
+    plain = _trainer(loaded, features, tmp_path, steps=4, save_steps=4)
+    plain.train()  # no decoupling: the checkpoint has no decoupler files
+    loaded, decoupler = _fresh(parts)
+    trainer = _trainer(loaded, features, tmp_path, steps=6, save_steps=4)
+    add_decoupling(trainer, decoupler)
+    with pytest.raises(ValueError, match="holds no decoupler state"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_penalties_and_refreshes_reach_the_trainer_logs(parts, tmp_path) -> None:
+    """What every ``report_to`` backend receives: the Trainer's log history holds the
+    penalty and λ in each training record, and every refresh's overlaps and angles."""
+    features = parts[2]
+    loaded, decoupler = _fresh(parts)
+    trainer = _trainer(loaded, features, tmp_path, steps=4)
+    callback = add_decoupling(trainer, decoupler)
+    trainer.train()
+    history = trainer.state.log_history
+    records = [h for h in history if "loss" in h]
+    assert [h["decoupling/penalty"] for h in records] == pytest.approx(callback.penalties)
+    assert all(h["decoupling/lambda"] == pytest.approx(0.7) for h in records)
+    refreshes = [h for h in history if any(k.startswith("decoupling/overlap/") for k in h)]
+    assert len(refreshes) == len(callback.refreshes) == 2  # steps 0 and 3
+    for logged, record in zip(refreshes, callback.refreshes, strict=True):
+        for layer, per in record["overlap"].items():
+            for variety, pair in per.items():
+                for which, value in pair.items():
+                    assert logged[f"decoupling/overlap/{layer}/{variety}/{which}"] == value
+    assert "decoupling/angle_to_previous/" + str(decoupler.layers[0]) in refreshes[1]

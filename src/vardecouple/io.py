@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "load_tensor_tree",
+    "save_tensor_tree",
     "sha256_file",
     "write_atomic",
     "write_dir_atomic",
@@ -96,3 +98,56 @@ def write_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def save_tensor_tree(folder: str | Path, name: str, tree: Any) -> None:
+    """Write a nested structure of dicts, lists, tuples, tensors and JSON scalars (a
+    ``state_dict``) as ``folder/NAME.safetensors`` (the tensors) and ``folder/NAME.json``
+    (the rest, tensors replaced by their keys): no pickle, both files atomic."""
+    import torch  # lazy: the command line's --help never loads torch
+    from safetensors.torch import save_file  # lazy, as torch
+
+    tensors: dict[str, Any] = {}
+
+    def encode(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = obj.detach().cpu().clone().contiguous()
+            return {"tensor": key}
+        if isinstance(obj, dict):
+            return {"items": [[encode(k), encode(v)] for k, v in obj.items()]}
+        if isinstance(obj, list | tuple):
+            return {type(obj).__name__: [encode(v) for v in obj]}
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        raise TypeError(f"save_tensor_tree: cannot store a {type(obj).__name__}")
+
+    text = json.dumps({"format": "vardecouple.tree/1", "tree": encode(tree)})
+    folder = Path(folder)
+    write_atomic(folder / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp))
+    write_text_atomic(folder / f"{name}.json", text)
+
+
+def load_tensor_tree(folder: str | Path, name: str) -> Any:
+    """What :func:`save_tensor_tree` wrote (a ValueError naming the file if it cannot)."""
+    from safetensors.torch import load_file  # lazy: see save_tensor_tree
+
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / f"{name}.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder / name}.json/.safetensors: cannot be read: {exc}") from None
+
+    def decode(obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            return obj
+        if "tensor" in obj:
+            return tensors[obj["tensor"]]
+        if "items" in obj:
+            return {decode(k): decode(v) for k, v in obj["items"]}
+        if "tuple" in obj:
+            return tuple(decode(v) for v in obj["tuple"])
+        return [decode(v) for v in obj["list"]]
+
+    return decode(record["tree"])
