@@ -13,7 +13,12 @@ Each estimator registers itself (:func:`~vardecouple.probes.registry.register`);
 :data:`ESTIMATORS` lists the names in registration order.
 """
 
-from vardecouple.probes import generative, statistics, variational  # noqa: F401  (register)
+# registration order is the order of ESTIMATORS: the paper's probe first
+# isort: off
+from vardecouple.probes import variational  # noqa: F401
+from vardecouple.probes import generative, statistics  # noqa: F401
+
+# isort: on
 from vardecouple.probes.base import SubspaceEstimator
 from vardecouple.probes.registry import check_estimator, estimator_names, make_estimator
 

@@ -74,6 +74,8 @@ class DecouplingCallback(TrainerCallback):
         self.resume_from: str | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if args.world_size > 1 and not self.decoupler.shared:
+            self.decoupler.distribute()  # built before the process group: shard it now
         if state.global_step > 0:  # resumed: the decoupler as that checkpoint left it
             default = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             folder = Path(self.resume_from) if self.resume_from else default
