@@ -98,7 +98,7 @@ class ExperimentConfig(StrictSection):
 
     def train_config(self, seed: int) -> TrainConfig:
         fields = self.train.model_dump(exclude={"seeds"})
-        return TrainConfig(**fields, seed=seed)
+        return TrainConfig(**fields | {"report_to": tuple(fields["report_to"])}, seed=seed)
 
     def with_recorded_defaults(self, out_dir: str | Path) -> ExperimentConfig:
         """This config, with the values a run folder recorded (``out_dir/config.json``)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vardecouple.decouple import DecouplerConfig, PenaltyForm, TokenRule
 from vardecouple.probes import check_estimator
-from vardecouple.train.step import TrainConfig
+from vardecouple.train.step import Tracker, TrainConfig
 
 __all__ = [
     "ArmKind",
@@ -92,6 +92,7 @@ class TrainSection(StrictSection):
     checkpoint_every: int = Field(_TRAIN.checkpoint_every, ge=0)
     trim_vocab: bool = _TRAIN.trim_vocab
     dtype: Literal["fp32", "bf16"] | None = _TRAIN.dtype
+    report_to: list[Tracker] = Field(default_factory=lambda: list(_TRAIN.report_to))
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 

@@ -40,23 +40,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.io import load_tensor_tree, save_tensor_tree
 from vardecouple.model.states import capture
+from vardecouple.train.step import refresh_scalars
 
-__all__ = ["STATE_NAME", "DecouplingCallback", "add_decoupling", "refresh_scalars"]
+__all__ = ["STATE_NAME", "DecouplingCallback", "add_decoupling"]
 
 STATE_NAME = "decoupler"  # decoupler.safetensors + decoupler.json in a checkpoint folder
-
-
-def refresh_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """A refresh's log record as flat scalars: overlaps per layer and variety, angles."""
-    out = {
-        f"decoupling/overlap/{layer}/{variety}/{which}": value
-        for layer, per in record.get("overlap", {}).items()
-        for variety, pair in per.items()
-        for which, value in pair.items()
-    }
-    for layer, angle in record.get("angle_to_previous", {}).items():
-        out[f"decoupling/angle_to_previous/{layer}"] = angle
-    return out
 
 
 class DecouplingCallback(TrainerCallback):

@@ -47,12 +47,14 @@ from vardecouple.train.checkpoint import (
     save_checkpoint,
 )
 from vardecouple.train.step import (
+    STEP_SCALARS,
     Objective,
     TrainConfig,
     batches,
     collate,
     dev_loss,
     micro_step,
+    refresh_scalars,
     start_penalty,
     trimmed_vocab,
 )
@@ -86,7 +88,7 @@ def train(
     """
     out = _check_out_dir(Path(out_dir), resume)
     torch.manual_seed(config.seed)
-    run = _Run.start(model, tokenizer, features, decoupler, config, dev_features)
+    run = _Run.start(model, tokenizer, features, decoupler, config, dev_features, out)
     out.mkdir(parents=True, exist_ok=True)
     first_step = run.resume(out) if resume else 0
     steps, main = config.steps, run.accelerator.is_main_process
@@ -99,7 +101,7 @@ def train(
             # 1. refresh U on schedule (at step 0 also U₀, L(step 0) and matched λ)
             if decoupler.due(step):
                 fault_point("refresh")
-                _write(log, run.refresh(step))
+                _write(log, run.track(run.refresh(step)))
             # 2-4. one optimizer step: forward, LM loss + λ·penalty, backward, AdamW
             try:
                 record = run.optimizer_step(step)
@@ -107,18 +109,19 @@ def train(
                 bar.close()  # the message starts on a line of its own
                 raise
             tokens += record["tokens"]
-            _write(log, record)
+            _write(log, run.track(record))
             bar.update(1)
             bar.set_postfix(loss=f"{record['lm_loss']:.3f}", pen=f"{record['penalty']:.3g}")
             # 5. dev loss (keeping the best adapter) and checkpoint, on schedule
             every, last = config.checkpoint_every, step + 1 == steps
             if dev_features and ((every and (step + 1) % every == 0) or last):
-                _write(log, run.dev(step, out))
+                _write(log, run.track(run.dev(step, out)))
             if every and (step + 1) % every == 0 and not last:
                 run.checkpoint(step + 1, out)
         final = decoupler.refresh(model, tokenizer, steps)
-        _write(log, final | {"final": True})
+        _write(log, run.track(final | {"final": True}))
     bar.close()
+    run.accelerator.end_training()  # closes the trackers' files
     summary = {
         "steps": steps,
         "resumed_from": first_step,  # 0: from the start; else the checkpoint's next step
@@ -175,9 +178,12 @@ class _Run:
         decoupler: OnlineDecoupler,
         config: TrainConfig,
         dev_features: Sequence[dict[str, Any]] | None,
+        out: Path,
     ) -> _Run:
         """Check the setup, then build the accelerator, optimizer, schedule and batch plan."""
         accelerator = Accelerator(
+            log_with=list(config.report_to) or None,
+            project_dir=str(out),
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision="no",  # bf16 is micro_step's own autocast: accelerate's state
             # is one per process and would refuse a later fp32 run in the same process
@@ -212,6 +218,8 @@ class _Run:
         # the scheduler stays unprepared: accelerate would step it once per process (it
         # assumes each process adds a batch; here the processes share one batch)
         objective, optimizer = accelerator.prepare(objective, optimizer)
+        if config.report_to:
+            accelerator.init_trackers("logs")
         return cls(model, tokenizer, features, decoupler, config, dev_features,
                    accelerator, objective, optimizer, scheduler, params, plan, vocab)  # fmt: skip
 
@@ -227,6 +235,18 @@ class _Run:
             else self.plan[index]
         )
         return collate([self.features[i] for i in rows], self.tokenizer.pad_token_id)
+
+    def track(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Send a log record's scalars to the trackers of ``report_to`` (if any); returns it."""
+        if self.config.report_to:
+            scalars = (
+                refresh_scalars(record)
+                if record.get("refresh")
+                else {k: record[k] for k in STEP_SCALARS if k in record}
+            )
+            scalars |= {"dev_loss": record["dev_loss"]} if "dev_loss" in record else {}
+            self.accelerator.log(scalars, step=record["step"])
+        return record
 
     def resume(self, out: Path) -> int:
         """Restore weights, optimizer, schedule, probe and RNG from ``out/checkpoint`` (if

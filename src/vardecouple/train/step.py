@@ -10,10 +10,11 @@ so DDP's averaged gradient is that of the whole batch (:func:`micro_step`).
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -22,16 +23,24 @@ from vardecouple.decouple import OnlineDecoupler
 from vardecouple.model.states import capture, decoder_body
 
 __all__ = [
+    "STEP_SCALARS",
+    "TRACKERS",
     "Objective",
+    "Tracker",
     "TrainConfig",
     "batches",
     "collate",
     "dev_loss",
     "micro_step",
+    "refresh_scalars",
     "start_penalty",
     "supervised_loss",
     "trimmed_vocab",
 ]
+
+
+Tracker = Literal["tensorboard", "wandb"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 
 
 @dataclass
@@ -43,6 +52,10 @@ class TrainConfig:
     tokens/s); the LoRA weights, their gradients and AdamW's state stay fp32, and so do
     the loss, the penalty and all subspace math. Unset: bf16 on a CUDA device, fp32
     elsewhere. The dev loss is measured in fp32 whatever the dtype.
+
+    ``report_to``: accelerate trackers (``"tensorboard"``, ``"wandb"``) that receive every
+    step's losses, penalty, λ and learning rate and every refresh's overlaps and angles
+    (:func:`refresh_scalars`), written under ``OUT/logs``.
     """
 
     steps: int = 100
@@ -56,6 +69,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     trim_vocab: bool = False
     dtype: Literal["fp32", "bf16"] | None = None
+    report_to: tuple[Tracker, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,11 +84,38 @@ class TrainConfig:
             )
         if self.dtype not in (None, "fp32", "bf16"):
             raise ValueError(f"train: dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        for tracker in self.report_to:
+            if tracker not in TRACKERS:
+                raise ValueError(
+                    f"train: report_to: unknown tracker {tracker!r}; one of {TRACKERS}"
+                )
+            if importlib.util.find_spec(tracker) is None:
+                raise ValueError(
+                    f"train: report_to {tracker!r} needs the {tracker} package "
+                    f"(pip install {tracker})"
+                )
 
     @property
     def resolved_dtype(self) -> str:
         """``dtype``, or when unset bf16 on a CUDA device and fp32 elsewhere."""
         return self.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
+
+
+STEP_SCALARS = ("loss", "lm_loss", "penalty", "lambda", "lr", "tokens_per_s")
+
+
+def refresh_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A refresh's log record as flat scalars: ``decoupling/overlap/LAYER/VARIETY/own``
+    (and ``…/reference``) and ``decoupling/angle_to_previous/LAYER``."""
+    out = {
+        f"decoupling/overlap/{layer}/{variety}/{which}": value
+        for layer, per in record.get("overlap", {}).items()
+        for variety, pair in per.items()
+        for which, value in pair.items()
+    }
+    for layer, angle in record.get("angle_to_previous", {}).items():
+        out[f"decoupling/angle_to_previous/{layer}"] = angle
+    return out
 
 
 def collate(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:
