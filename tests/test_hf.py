@@ -190,3 +190,35 @@ def test_penalties_and_refreshes_reach_the_trainer_logs(parts, tmp_path) -> None
                 for which, value in pair.items():
                     assert logged[f"decoupling/overlap/{layer}/{variety}/{which}"] == value
     assert "decoupling/angle_to_previous/" + str(decoupler.layers[0]) in refreshes[1]
+
+
+def test_a_bf16_base_model_trains_with_decoupling_and_fp32_subspaces(parts, tmp_path) -> None:
+    """The CPU reading of QLoRA: a bf16 base model (the LoRA weights stay fp32) through the
+    Trainer integration. Refreshes and the penalty run; the subspaces, their statistics
+    and the penalty are fp32 whatever the states' dtype."""
+    _, splits, features, config = parts
+    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
+    loaded = load_model(
+        "tiny-random",
+        corpus_texts=[t for r in corpus.rows[:2000] for t in r.values()],
+        dtype=torch.bfloat16,
+    )
+    add_lora(loaded, r=4, alpha=8)
+    params = dict(loaded.model.named_parameters())
+    assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}
+    decoupler = OnlineDecoupler(config, splits.probe, loaded.num_layers)
+    trainer = _trainer(loaded, features, tmp_path, steps=4)
+    callback = add_decoupling(trainer, decoupler)
+    trainer.train()
+    assert [r["step"] for r in callback.refreshes] == [0, 3]
+    assert len(callback.penalties) == 4 and all(p > 0 for p in callback.penalties)
+    for subspace in decoupler.subspaces.values():
+        assert subspace.basis.dtype == torch.float32 and subspace.center.dtype == torch.float32
+    batch = collate(features[:4], loaded.tokenizer.pad_token_id)
+    _, hidden = supervised_loss(loaded.model, batch, decoupler.layers)
+    assert hidden[decoupler.layers[0]].dtype == torch.bfloat16
+    mask = decoupler.token_mask(
+        batch["attention_mask"], batch["target_mask"], batch["low_resource"]
+    )
+    assert decoupler.penalty(hidden, mask).dtype == torch.float32
