@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     trainer.save_model(str(final))
     info = {"estimator": decoupler.config.estimator, "model": args.model}
     save_subspaces(final / "subspace", decoupler.subspaces, info, reference=decoupler.reference)
-    print(f"adapter and subspaces: {final}")
+    rows = len(decoupler.fit_on) + len(decoupler.measure)  # this process's shard of the probe
+    total = len(splits.probe)
+    print(f"adapter and subspaces: {final} (this process read {rows} of {total} probe rows)")
 
 
 if __name__ == "__main__":

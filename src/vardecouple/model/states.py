@@ -31,7 +31,10 @@ __all__ = [
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM (Llama/Gemma/Mistral/Qwen/GPT-2 styles)."""
+    """The list of decoder blocks of a causal LM (Llama/Gemma/Mistral/Qwen/GPT-2 styles),
+    also inside a data-parallel wrapper (DDP's ``module``)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
     base = getattr(model, "base_model", model)
     candidates = [
         base,
