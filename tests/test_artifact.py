@@ -117,3 +117,39 @@ def test_erase_from_with_fitting_flags_is_refused_in_one_line(tmp_path: Path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "not a saved subspace" in err[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_probe_measures_each_variety_against_a_saved_subspace(tmp_path: Path) -> None:
+    """``vardecouple probe --subspace DIR``: at the saved layers, every variety's
+    sentence states' overlap with that subspace, recomputed here from the states by the
+    formula Σ‖Uᵀ(y − c)‖² / Σ‖y − c‖²; other layers carry none."""
+    from conftest import CORPORA
+    from vardecouple.analysis.probing import load_rows, sentence_states
+    from vardecouple.model.load import load_model
+
+    flores, standard, varieties = CORPORA / "flores200" / "dev", "arb_Arab", ["arz_Arab"]
+    codes, rows = load_rows(flores, standard, varieties, 30)
+    texts = [t for c in codes for t in rows[c]]
+    loaded = load_model("tiny-random", corpus_texts=texts)
+    sub = _random(loaded.hidden_size, 2, 5)
+    save_subspaces(tmp_path / "s", {1: sub}, {"estimator": "lda"})
+    out = tmp_path / "p"
+    args = ["probe", "--model", "tiny-random", "--corpus", str(flores), "--standard", standard,
+            "--varieties", *varieties, "--layers", "1", "2", "--max-rows", "30",
+            "--subspace", str(tmp_path / "s"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads((out / "probe.json").read_text())
+    assert data["saved_subspace_layers"] == [1]
+    states = sentence_states(loaded.model, loaded.tokenizer, texts, [1])[1].double()
+    blocks = dict(zip(codes, states.split(30), strict=True))
+    u, c = sub.basis.double(), sub.center.double()
+
+    def by_hand(y: torch.Tensor) -> float:
+        return float(((y - c) @ u).square().sum() / (y - c).square().sum())
+
+    layer = data["results"]["base"]["1"]
+    assert layer["arz_Arab"]["saved_overlap"] == pytest.approx(
+        by_hand(blocks["arz_Arab"]), rel=1e-5
+    )
+    assert layer["all"]["saved_overlap"] == pytest.approx(by_hand(blocks[standard]), rel=1e-5)
+    assert "saved_overlap" not in data["results"]["base"]["2"]["arz_Arab"]

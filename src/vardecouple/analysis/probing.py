@@ -41,7 +41,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from vardecouple.io import write_atomic
 from vardecouple.model.load import load_model
 from vardecouple.model.states import StopForward, capture, decoder_body
 from vardecouple.progress import progress as progress_bar
+from vardecouple.subspace import Subspace
 
 __all__ = [
     "SCHEMA",
@@ -225,8 +226,11 @@ def code_metrics(blocks: Sequence[Tensor], *, seed: int) -> dict[str, float]:
     }
 
 
-def _layer_entry(blocks: list[Tensor], codes: list[str], rank: int, seed: int) -> dict:
-    """``{V: metrics, "all": code metrics}`` of one layer; ``blocks[k]`` = code ``k``'s states."""
+def _layer_entry(
+    blocks: list[Tensor], codes: list[str], rank: int, seed: int, saved: Subspace | None = None
+) -> dict:
+    """``{V: metrics, "all": code metrics}`` of one layer; ``blocks[k]`` = code ``k``'s states;
+    with a ``saved`` subspace, each one's ``saved_overlap`` with it."""
     entry = {v: {**pair_metrics(blocks[0], y, rank=rank), **code_metrics([blocks[0], y], seed=seed)}
              for v, y in zip(codes[1:], blocks[1:], strict=True)}  # fmt: skip
     # with one variety the K-class code is the binary one (same rows, labels and seed)
@@ -234,6 +238,10 @@ def _layer_entry(blocks: list[Tensor], codes: list[str], rank: int, seed: int) -
         entry["all"] = {m: entry[codes[1]][m] for m in CODE_METRICS}
     else:
         entry["all"] = code_metrics(blocks, seed=seed)
+    if saved is not None:
+        for v, y in zip(codes[1:], blocks[1:], strict=True):
+            entry[v]["saved_overlap"] = saved.overlap(y)
+        entry["all"] = entry["all"] | {"saved_overlap": saved.overlap(blocks[0])}
     finite = lambda x: float(x) if math.isfinite(x) else None  # noqa: E731
     return {v: {m: finite(x) for m, x in d.items()} for v, d in entry.items()}
 
@@ -255,6 +263,7 @@ def run_probe(
     progress: bool = True,
     loader: Callable[[], Any] | None = None,
     labels: Sequence[str] | None = None,
+    subspaces: Mapping[int, Subspace] | None = None,
 ) -> Path:
     """Probe the base ``model``, then each adapter on a freshly loaded base; write
     ``out/probe.json`` and ``out/plots/probe_<metric>.png``; return the JSON's path.
@@ -264,7 +273,10 @@ def run_probe(
     FileExistsError (nothing is overwritten). ``loader`` (no arguments, returns a
     :class:`~vardecouple.model.LoadedModel`) replaces :func:`load_model` (a run passes
     its own: a ``tiny-random`` tokenizer is built on the run's data); ``labels`` name
-    the adapters (default: :func:`model_labels`).
+    the adapters (default: :func:`model_labels`). ``subspaces`` (e.g. a trained arm's
+    saved ``subspace/``, :func:`~vardecouple.probes.artifact.load_subspace`) adds, at each
+    of their layers, ``saved_overlap``: every variety's sentence states' overlap with
+    that subspace (the standard's under ``"all"``), instead of fitting one.
     """
     t0 = time.perf_counter()
     target = Path(out) / "probe.json"
@@ -295,6 +307,12 @@ def run_probe(
     chosen = parse_layers(layers, first.num_layers, model)
     if rank > first.hidden_size:
         raise ValueError(f"probe: rank {rank} exceeds the hidden size {first.hidden_size}")
+    saved = dict(subspaces or {})
+    if any(not 0 <= i < first.num_layers or s.dim != first.hidden_size for i, s in saved.items()):
+        raise ValueError(
+            f"probe: the saved subspaces (layers {sorted(saved)}) do not fit {model} "
+            f"(layers 0..{first.num_layers - 1}, width {first.hidden_size})"
+        )
     if target.exists():
         raise FileExistsError(f"probe: {target} exists; choose another --out or remove it")
     for label, adapter in runs:
@@ -310,8 +328,8 @@ def run_probe(
         t_metrics = time.perf_counter()
         bar = progress_bar(chosen, desc=f"{label} metrics", unit="layer", disable=not progress,
                            leave=False)  # fmt: skip
-        results[label] = {str(la): _layer_entry(list(states[la].split(n)), codes, rank, seed)
-                          for la in bar}  # fmt: skip
+        results[label] = {str(la): _layer_entry(list(states[la].split(n)), codes, rank, seed,
+                                                saved.get(la)) for la in bar}  # fmt: skip
         timing[label] = {"states": round(t_metrics - t_states, 3),
                          "metrics": round(time.perf_counter() - t_metrics, 3)}  # fmt: skip
     data = {
@@ -325,6 +343,7 @@ def run_probe(
         "layers": chosen,
         "rank": rank,
         "seed": seed,
+        "saved_subspace_layers": sorted(saved),
         "seconds": round(time.perf_counter() - t0, 3),
         "timing": timing,
         "results": results,

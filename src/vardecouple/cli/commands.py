@@ -233,7 +233,9 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def probe_command(args: argparse.Namespace) -> int:
     from vardecouple.analysis.probing import run_probe
+    from vardecouple.probes.artifact import load_subspace
 
+    saved = load_subspace(args.subspace) if args.subspace is not None else None
     path = run_probe(
         args.model,
         args.corpus,
@@ -247,6 +249,7 @@ def probe_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         seed=args.seed,
+        subspaces=saved,
     )
     print(f"probe: {path}\nplots: {path.parent / 'plots'}")
     return 0

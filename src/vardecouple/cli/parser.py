@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length", type=positive_int, default=256, help="tokens per sentence (default 256)"
     )
     pb.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
+    pb.add_argument(
+        "--subspace",
+        default=None,
+        metavar="DIR",
+        help="a saved subspace (a trained arm's subspace/): each variety's overlap with it",
+    )
     pb.add_argument("--out", required=True, help="output folder (probe.json, plots/)")
     pb.epilog = LISTS
     pb.set_defaults(func=probe_command)
