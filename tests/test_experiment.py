@@ -299,3 +299,27 @@ def test_seeds_in_parallel_processes_give_the_sequential_numbers(
             for layer, per_variety in s_final.items():  # threads differ: float32 sums may
                 for variety, values in per_variety.items():
                     assert p_final[layer][variety] == pytest.approx(values, rel=1e-5)
+
+
+def test_a_folder_recorded_before_a_field_existed_still_matches(tmp_path: Path) -> None:
+    """A run folder whose config.json predates a field (here ``[train] report_to``) is the
+    same run when the config leaves that field at its default; not when it sets it, and
+    not when any recorded value differs."""
+    from vardecouple.experiment.run import run_state
+
+    (tmp_path / "mini.toml").write_text(MINI)
+    config = load_config(tmp_path / "mini.toml")
+    recorded = json.loads(json.dumps(config.model_dump(exclude={"source", "data_root"})))
+    del recorded["train"]["report_to"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(recorded))
+    assert run_state(config, out) == "partial"
+    told = MINI.replace("[train]\n", '[train]\nreport_to = ["tensorboard"]\n', 1)
+    (tmp_path / "told.toml").write_text(told)
+    with pytest.raises(FileExistsError, match="different config"):
+        run_state(load_config(tmp_path / "told.toml"), out)
+    recorded["train"]["steps"] += 1
+    (out / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(FileExistsError, match="different config"):
+        run_state(config, out)

@@ -17,7 +17,7 @@ from accelerate import PartialState
 
 from vardecouple.data import Splits, format_example, load_corpus, make_splits, tokenize_example
 from vardecouple.decouple import OnlineDecoupler
-from vardecouple.experiment.config import ExperimentConfig
+from vardecouple.experiment.config import ExperimentConfig, matches_recorded
 from vardecouple.io import sha256_file, write_dir_atomic, write_json_atomic, write_text_atomic
 from vardecouple.model.load import load_model
 from vardecouple.model.lora import add_lora
@@ -205,9 +205,10 @@ def train_state(config: ExperimentConfig, arm: str, seed: int, out_dir: str | Pa
         before = {}
     ignore = ("source", "data_root")  # where the config lies does not change the run
     now = _recorded(config, arm, seed)
-    if {k: v for k, v in before.items() if k not in ignore} != {
-        k: v for k, v in now.items() if k not in ignore
-    }:
+    if not matches_recorded(
+        {k: v for k, v in before.items() if k not in ignore},
+        {k: v for k, v in now.items() if k not in ignore},
+    ):
         raise FileExistsError(
             f"train: {out} holds a run of a different config, arm or seed ({saved} differs); "
             "choose another --out"

@@ -51,7 +51,7 @@ from vardecouple.experiment.sections import (
 from vardecouple.model.load import ALIASES
 from vardecouple.train.step import TrainConfig
 
-__all__ = ["ConfigError", "ExperimentConfig", "load_config"]
+__all__ = ["ConfigError", "ExperimentConfig", "load_config", "matches_recorded"]
 
 
 class ConfigError(ValueError):
@@ -155,6 +155,38 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "decoupler": DecouplerSection,
     "eval": EvalSection,
 }
+
+
+def matches_recorded(before: Any, now: dict[str, Any]) -> bool:
+    """Whether a folder's recorded config (``before``, its ``config.json``) is ``now``.
+
+    A section field the recording lacks (it was written before the field existed)
+    matches when ``now`` has it at its default, so a folder started by an earlier version
+    resumes; any other difference does not match."""
+    if not isinstance(before, dict):
+        return False
+
+    def known(old: Any, new: Any, model: type[BaseModel]) -> Any:
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            return new
+        fields = model.model_fields
+        return {
+            k: v
+            for k, v in new.items()
+            if k in old
+            or k not in fields
+            or v != _json(fields[k].get_default(call_default_factory=True))
+        }
+
+    now = dict(now)
+    for name, model in [*_SECTIONS.items(), ("probe", ProbeSection)]:
+        if name and name in now:
+            now[name] = known(before.get(name), now[name], model)
+    return before == now
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _describe(error: dict[str, Any], source: str) -> str:

@@ -26,7 +26,7 @@ from vardecouple.evaluate.scoring import decoding_record, direction_kinds, read_
 from vardecouple.experiment.arms import (
     load_base,
 )
-from vardecouple.experiment.config import ExperimentConfig
+from vardecouple.experiment.config import ExperimentConfig, matches_recorded
 from vardecouple.experiment.context import RunContext, check_inputs
 from vardecouple.experiment.evaluation import evaluate_arm_seed
 from vardecouple.experiment.jobs import run_parallel
@@ -199,7 +199,7 @@ def run_state(config: ExperimentConfig, out_dir: str | Path) -> str:
         before = json.loads(saved.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         before = None
-    if before != _resolved(config):
+    if not matches_recorded(before, _resolved(config)):
         raise FileExistsError(
             f"run: {out} holds a run of a different config ({saved} differs); pass "
             "--overwrite to replace it, or choose another --out"
