@@ -121,7 +121,8 @@ def train(
         final = decoupler.refresh(model, tokenizer, steps)
         _write(log, run.track(final | {"final": True}))
     bar.close()
-    run.accelerator.end_training()  # closes the trackers' files
+    for tracker in run.accelerator.trackers:  # close their files (not end_training(): it
+        tracker.finish()  # would also end the process group, which outlives this call)
     summary = {
         "steps": steps,
         "resumed_from": first_step,  # 0: from the start; else the checkpoint's next step
@@ -183,7 +184,7 @@ class _Run:
         """Check the setup, then build the accelerator, optimizer, schedule and batch plan."""
         accelerator = Accelerator(
             log_with=list(config.report_to) or None,
-            project_dir=str(out),
+            project_dir=str(out) if config.report_to else None,
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision="no",  # bf16 is micro_step's own autocast: accelerate's state
             # is one per process and would refuse a later fp32 run in the same process
