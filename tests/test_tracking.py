@@ -116,6 +116,7 @@ def test_sft_trainer_penalty_equals_the_native_loop_on_the_same_batch(parts, tmp
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3,
         learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
         logging_steps=1, disable_tqdm=True, max_length=None,
+        bf16=False,  # TRL defaults to bf16, and accelerate's state is one per process
     )  # fmt: skip
     trainer = SFTTrainer(
         model=loaded.model, args=args, train_dataset=Dataset.from_list(rows),
