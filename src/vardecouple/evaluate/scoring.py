@@ -72,13 +72,24 @@ def write_test_files(out_dir: Path, direction: str, rows: Sequence[Example]) -> 
     write_lines_atomic(out / "references" / f"{direction}.txt", [ex.tgt_text for ex in rows])
 
 
-def test_sets(splits: Splits, max_examples: int | None = None) -> dict[str, list[Example]]:
-    """The test split grouped by direction (``src->tgt``), each capped at ``max_examples``."""
+def test_sets(
+    splits: Splits, max_examples: int | None = None, directions: Sequence[str] | None = None
+) -> dict[str, list[Example]]:
+    """The test split grouped by direction (``src->tgt``), each capped at ``max_examples``;
+    only ``directions`` when given (each must be in the test split)."""
     out: dict[str, list[Example]] = {}
     for ex in splits.test:
         out.setdefault(f"{ex.src}->{ex.tgt}", []).append(ex)
     if not out:
         raise ValueError("evaluate: the test split is empty; set data.test_rows or test_corpora")
+    if directions is not None:
+        missing = [d for d in directions if d not in out]
+        if missing:
+            raise ValueError(
+                f"eval.directions: {', '.join(missing)} not in the test split "
+                f"(its directions: {', '.join(sorted(out))})"
+            )
+        out = {d: out[d] for d in directions}
     return {d: rows[:max_examples] if max_examples else rows for d, rows in sorted(out.items())}
 
 

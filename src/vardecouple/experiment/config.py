@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from vardecouple.data import CorpusError, parse_directions
 from vardecouple.decouple import DecouplerConfig
 from vardecouple.experiment.sections import (
     ArmSection,
@@ -95,6 +96,26 @@ class ExperimentConfig(StrictSection):
         return DecouplerConfig(
             **settings, max_length=self.data.max_length, seed=seed, match_penalty=match_penalty
         )
+
+    def eval_directions(self) -> list[str] | None:
+        """``[eval] directions`` expanded to ``src->tgt`` strings (None: every direction);
+        :class:`ConfigError` unless each is one of ``[data] directions``."""
+        if self.eval.directions is None:
+            return None
+        data = self.data
+        codes = {"standard": data.standard, "varieties": data.varieties, "pivot": data.pivot}
+        try:
+            chosen = [str(d) for d in parse_directions(self.eval.directions, **codes)]
+            trained = {str(d) for d in parse_directions(data.directions, **codes)}
+        except CorpusError as exc:
+            raise ConfigError(f"config {self.source}: 'eval.directions': {exc}") from None
+        extra = [d for d in chosen if d not in trained]
+        if extra:
+            raise ConfigError(
+                f"config {self.source}: 'eval.directions': {', '.join(extra)} not among "
+                f"[data] directions ({', '.join(sorted(trained))})"
+            )
+        return chosen
 
     def train_config(self, seed: int) -> TrainConfig:
         fields = self.train.model_dump(exclude={"seeds"})
@@ -239,6 +260,7 @@ def load_config(path: str | Path, data_root: str | Path | None = None) -> Experi
         raise ConfigError(_describe(errors[0], str(source))) from None
     if not config.arms:
         raise ConfigError(f"config {source}: no [arms.NAME] table; define at least one arm")
+    config.eval_directions()  # a bad [eval] directions is reported at load
     for name in config.arms:
         _check_erase_on(config, name, str(source))
         target = config.arm(name).match_penalty_of

@@ -83,7 +83,7 @@ def make_context(config: ExperimentConfig, out: Path) -> RunContext:
     """A worker's context, rebuilt from the config (deterministic: same splits)."""
 
     splits = prepare_data(config)
-    tests = test_sets(splits, config.eval.max_examples)
+    tests = test_sets(splits, config.eval.max_examples, config.eval_directions())
     identifier, info = train_identifier(splits, tests, seed=config.data.seed)
     decoding = decode_config(config)
     return RunContext(config, out, splits, tests, identifier, info, decoding, progress=False)

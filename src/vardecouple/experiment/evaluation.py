@@ -267,7 +267,7 @@ def evaluate_one(
             update={"model": config.model.model_copy(update={"spec": model})}
         )
     splits = prepare_data(config)
-    tests = test_sets(splits, config.eval.max_examples)
+    tests = test_sets(splits, config.eval.max_examples, config.eval_directions())
     identifier, id_info = train_identifier(splits, tests, seed=config.data.seed)
     loaded = load_base(config, splits)
     net = loaded.model

@@ -173,6 +173,9 @@ class EvalSection(StrictSection):
         return value
 
     max_examples: int | None = Field(None, ge=1)  # per direction, first rows of the test split
+    # the directions to decode and score (a subset of [data].directions, same syntax, e.g.
+    # "standard->variety"); unset: every trained direction
+    directions: str | list[str] | None = None
     bootstrap_samples: int = Field(1000, ge=1000)
     bootstrap_seed: int = 0
     # the adapter evaluated: the last one, or the one of the lowest dev loss (measured at
