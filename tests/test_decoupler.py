@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import CORPORA, Sentence
-from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
+from vardecouple.decouple import DecouplerConfig, OnlineDecoupler, projection_penalty
 from vardecouple.model.load import load_model
 from vardecouple.model.states import capture
 
@@ -125,3 +125,28 @@ def test_prompt_context_reads_target_tokens_of_translation_prompts(tiny) -> None
     dec = _decoupler(tiny, context="prompt")
     log = dec.refresh(loaded.model, loaded.tokenizer, step=0)
     assert set(log["overlap"]["2"]) == {"deu_Latn", "nds_Latn"}
+
+
+def test_refresh_logs_the_held_out_penalty_under_previous_new_and_reference_u(tiny) -> None:
+    """Checked against the penalty computed directly on the held-out states, with the
+    subspaces kept from each refresh (a changed model between refreshes, so that the
+    previous and the new ``U`` differ)."""
+    loaded, _ = tiny
+    dec = _decoupler(tiny, layers=(1,), estimator="mean-diff", form="norm")
+    first = dec.refresh(loaded.model, loaded.tokenizer, step=0)["held_out_penalty"]["1"]
+    u0 = dec.subspaces[1]
+    assert set(first) == {"own", "reference"}  # nothing was trained against before step 0
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    second = dec.refresh(loaded.model, loaded.tokenizer, step=4)["held_out_penalty"]["1"]
+    states, _, _ = dec.states(loaded.model, loaded.tokenizer, dec.measure)
+    direct = {
+        "previous": projection_penalty(states[1], None, u0, "norm"),
+        "own": projection_penalty(states[1], None, dec.subspaces[1], "norm"),
+        "reference": projection_penalty(states[1], None, dec.reference[1], "norm"),
+    }
+    assert set(second) == set(direct)
+    for name, value in direct.items():
+        assert second[name] == pytest.approx(float(value), rel=1e-5), name
+    assert second["previous"] != pytest.approx(second["own"], rel=1e-3)

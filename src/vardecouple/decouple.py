@@ -146,6 +146,7 @@ class OnlineDecoupler(OnlineProbe):
     ) -> None:
         super().__init__(config, probe, num_layers)
         self.lam = config.lam
+        self.held_out_penalty = lambda h, u: projection_penalty(h, None, u, config.form)
 
     def due(self, step: int) -> bool:
         """Whether ``U`` is refreshed before ``step``: at step 0, then every ``refresh_every``."""

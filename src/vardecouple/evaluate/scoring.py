@@ -180,6 +180,7 @@ def score_hypotheses(
         refs = [ex.tgt_text for ex in rows]
         got = list(hyps[direction])
         scores: dict[str, Any] = corpus_scores(got, refs)
+        scores["n"] = len(refs)
         _, ci = bootstrap_ci(refs, [got], "chrf++", n_samples=n_samples, seed=seed)
         scores["chrf++_ci95"] = [float(ci[0]), float(ci[1])]
         tgt = rows[0].tgt

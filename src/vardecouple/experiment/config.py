@@ -63,7 +63,7 @@ class ConfigError(ValueError):
 
 
 _ARM_FIELDS = set(ArmSection.model_fields)
-_ARM_ONLY = {"kind", "match_penalty_of", "erase_on", "erase_alpha"}
+_ARM_ONLY = {"kind", "match_penalty_of", "erase_on", "erase_alpha", "max_examples"}
 
 
 class ExperimentConfig(StrictSection):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -46,7 +47,7 @@ from vardecouple.experiment.sections import ArmKind
 from vardecouple.io import write_json_atomic, write_lines_atomic
 from vardecouple.probes.artifact import load_subspace
 
-__all__ = ["ARM_KINDS", "evaluate_arm_seed", "evaluate_one"]
+__all__ = ["ARM_KINDS", "arm_tests", "evaluate_arm_seed", "evaluate_one"]
 
 Hypotheses = tuple[dict[str, list[str]], float]  # per direction, and the decoding seconds
 
@@ -56,6 +57,7 @@ def evaluate_arm_seed(ctx: RunContext, arm: str, seed: int) -> None:
     config, ev = ctx.config, ctx.config.eval
     run_dir = ctx.out / "runs" / arm / f"seed-{seed}"
     kind = config.arm(arm).kind
+    ctx = replace(ctx, tests=arm_tests(config, arm, ctx.tests))  # the arm's test rows
     record: dict[str, Any] = {"kind": kind, "steps": 0, "train_seconds": 0.0}
     record |= {"checkpoint": "no training", "lambda": None}
     hyps, eval_seconds = ARM_KINDS[kind](ctx, arm, seed, run_dir, record)
@@ -72,6 +74,15 @@ def evaluate_arm_seed(ctx: RunContext, arm: str, seed: int) -> None:
         metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
     record |= {"metrics": metrics, "eval_seconds": eval_seconds}
     write_json_atomic(run_dir / "eval.json", record)
+
+
+def arm_tests(
+    config: ExperimentConfig, arm: str, tests: dict[str, list[Any]]
+) -> dict[str, list[Any]]:
+    """The test rows ``arm`` is scored on: the first ``[arms.NAME] max_examples`` of each
+    direction when the arm sets it, else all of the run's."""
+    n = config.arm(arm).max_examples
+    return {d: rows[:n] for d, rows in tests.items()} if n else tests
 
 
 def _copy(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) -> Hypotheses:

@@ -6,11 +6,12 @@ provenance and the numbers derived from the per-run metrics.
 - :func:`provenance`: package versions, git SHA, the model weights' SHA-256, command,
   machine and start time.
 - :func:`summarize`: mean and sample sd over seeds per arm, direction and metric.
-- :func:`deltas_vs_standard`: for every arm, the paired bootstrap of its score minus the
-  ``standard`` arm's, per direction, for the mean over the low-resource directions
-  (``mean_low_resource``) and over the directions into the standard variety
-  (``mean_standard``, the trade-off); sentences resampled paired across systems, seeds
-  averaged inside each resample.
+- :func:`paired_deltas`: the paired bootstrap of one arm's score minus another's, per
+  direction, for the mean over the low-resource directions (``mean_low_resource``) and
+  over the directions into the standard variety (``mean_standard``, the trade-off);
+  sentences resampled paired across systems, seeds averaged inside each resample.
+  :func:`deltas_vs_standard`: every arm against ``standard``; :func:`deltas_vs_matched`:
+  every arm magnitude-matched to another (``decoupled`` − ``random-matched``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from vardecouple.io import sha256_file
 from vardecouple.report.data import schema_problem
 
 __all__ = [
+    "deltas_vs_matched",
     "deltas_vs_standard",
+    "paired_deltas",
     "provenance",
     "summarize",
     "validate_results",
@@ -107,6 +110,48 @@ def summarize(runs: Mapping[str, Mapping[str, Any]], directions: Sequence[str]) 
     }
 
 
+def paired_deltas(
+    minuend: str,
+    subtrahend: str,
+    runs: Mapping[str, Mapping[str, Any]],
+    refs: Mapping[str, list[str]],
+    kinds: Mapping[str, str],
+    hypotheses: Callable[[str, str, str], list[str]],
+    *,
+    n_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The paired bootstrap of ``minuend``'s score minus ``subtrahend``'s, per direction,
+    over the low-resource directions (``mean_low_resource``) and over those into the
+    standard (``mean_standard``); chrF++ and BLEU.
+
+    ``hypotheses(arm, seed, direction)`` reads one run's outputs; ``refs`` and ``kinds``
+    are per direction. Where the two arms were scored on different numbers of sentences
+    (``[arms.NAME] max_examples``), both are compared on the first rows they share.
+    """
+
+    def block(d: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+        a = [hypotheses(minuend, s, d) for s in runs[minuend]]
+        b = [hypotheses(subtrahend, s, d) for s in runs[subtrahend]]
+        n = min(len(refs[d]), *(len(h) for h in a + b))
+        return refs[d][:n], [h[:n] for h in a], [h[:n] for h in b]
+
+    low = [d for d in refs if kinds[d] == "low-resource"]
+    into = [d for d in refs if kinds[d] == "standard"]
+    groups = [(d, [d]) for d in refs]
+    groups += [
+        (name, ds) for name, ds in (("mean_low_resource", low), ("mean_standard", into)) if ds
+    ]
+    return {
+        name: {
+            m: paired_bootstrap([block(d) for d in dirs], metric=m, n_samples=n_samples,
+                                seed=seed).to_dict()
+            for m in ("chrf++", "bleu")
+        }
+        for name, dirs in groups
+    }  # fmt: skip
+
+
 def deltas_vs_standard(
     runs: Mapping[str, Mapping[str, Any]],
     refs: Mapping[str, list[str]],
@@ -116,32 +161,37 @@ def deltas_vs_standard(
     n_samples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Paired-bootstrap deltas of every arm against ``standard`` (empty without it).
-
-    ``hypotheses(arm, seed, direction)`` reads one run's outputs; ``refs`` and ``kinds``
-    are per direction.
-    """
-
+    """:func:`paired_deltas` of every arm against ``standard`` (empty without it)."""
     if "standard" not in runs:
         return {}
+    return {
+        arm: paired_deltas(arm, "standard", runs, refs, kinds, hypotheses,
+                           n_samples=n_samples, seed=seed)
+        for arm in runs
+        if arm != "standard"
+    }  # fmt: skip
 
-    def sets(arm: str, d: str) -> list[list[str]]:
-        return [hypotheses(arm, s, d) for s in runs[arm]]
 
-    low = [d for d in refs if kinds[d] == "low-resource"]
-    into = [d for d in refs if kinds[d] == "standard"]
-    groups = [(d, [d]) for d in refs]
-    means = (("mean_low_resource", low), ("mean_standard", into))
-    groups += [(name, ds) for name, ds in means if ds]
-    out: dict[str, Any] = {}
-    for arm in runs:
-        if arm == "standard":
-            continue
-        out[arm] = {}
-        for name, dirs in groups:
-            blocks = [(refs[d], sets(arm, d), sets("standard", d)) for d in dirs]
-            out[arm][name] = {
-                m: paired_bootstrap(blocks, metric=m, n_samples=n_samples, seed=seed).to_dict()
-                for m in ("chrf++", "bleu")
-            }
-    return out
+def deltas_vs_matched(
+    matched: Mapping[str, str],
+    runs: Mapping[str, Mapping[str, Any]],
+    refs: Mapping[str, list[str]],
+    kinds: Mapping[str, str],
+    hypotheses: Callable[[str, str, str], list[str]],
+    *,
+    n_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """For each magnitude-matched arm (``matched[arm]`` = the arm it is matched to, its
+    ``match_penalty_of``): :func:`paired_deltas` of that arm minus the matched one, e.g.
+    ``decoupled`` − ``random-matched``: the probe's subspace against a random one penalised
+    as strongly at step 0."""
+    return {
+        arm: {
+            "of": target,
+            "deltas": paired_deltas(target, arm, runs, refs, kinds, hypotheses,
+                                    n_samples=n_samples, seed=seed),
+        }
+        for arm, target in matched.items()
+        if arm in runs and target in runs
+    }  # fmt: skip

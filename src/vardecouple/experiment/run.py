@@ -28,9 +28,10 @@ from vardecouple.experiment.arms import (
 )
 from vardecouple.experiment.config import ExperimentConfig, matches_recorded
 from vardecouple.experiment.context import RunContext, check_inputs
-from vardecouple.experiment.evaluation import evaluate_arm_seed
+from vardecouple.experiment.evaluation import arm_tests, evaluate_arm_seed
 from vardecouple.experiment.jobs import run_parallel
 from vardecouple.experiment.results import (
+    deltas_vs_matched,
     deltas_vs_standard,
     provenance,
     summarize,
@@ -147,11 +148,13 @@ def run_experiment(
     refs = {d: [ex.tgt_text for ex in rows] for d, rows in tests.items()}
 
     def hypotheses(arm: str, seed: str, d: str) -> list[str]:
-        return read_lines(out / runs[arm][seed]["metrics"][d]["hypotheses"], len(tests[d]))
+        n = len(arm_tests(config, arm, tests)[d])
+        return read_lines(out / runs[arm][seed]["metrics"][d]["hypotheses"], n)
 
-    deltas = deltas_vs_standard(
-        runs, refs, kinds, hypotheses, n_samples=ev.bootstrap_samples, seed=ev.bootstrap_seed
-    )
+    boot = {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed}
+    deltas = deltas_vs_standard(runs, refs, kinds, hypotheses, **boot)
+    matched = {a: str(config.arm(a).match_penalty_of) for a in runs
+               if config.arm(a).match_penalty_of}  # fmt: skip
     results = {
         "schema_version": 1,
         "config": resolved,
@@ -164,6 +167,7 @@ def run_experiment(
         "runs": runs,
         "summary": summarize(runs, list(tests)),
         "deltas": deltas,
+        "matched_deltas": deltas_vs_matched(matched, runs, refs, kinds, hypotheses, **boot),
     }
     if probe is not None:
         results["probe"] = str(probe.relative_to(out))

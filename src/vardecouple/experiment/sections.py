@@ -137,13 +137,16 @@ class ArmSection(DecouplerSection):
     ``erase_alpha`` while decoding; on the adapter of each seed of the train arm
     ``erase_on``, or on the base model when ``erase_on`` is unset).
     ``match_penalty_of = "decoupled"``: λ is set at step 0 so that λ·L(step 0) equals
-    that arm's (same seed, same first batch).
+    that arm's (same seed, same first batch). ``max_examples``: score this arm on the
+    first that many test rows of each direction only (fewer than ``[eval] max_examples``:
+    a cheaper arm; its deltas are taken on the rows both arms share).
     """
 
     kind: ArmKind = "train"
     match_penalty_of: str | None = None
     erase_on: str | None = None
     erase_alpha: float = Field(1.0, ge=0)
+    max_examples: int | None = Field(None, ge=1)
 
 
 class EvalSection(StrictSection):

@@ -18,7 +18,7 @@ and denominators, so every process holds the same subspaces and logs the same ov
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -141,6 +141,9 @@ class OnlineProbe:
         self.subspaces: dict[int, Subspace] = {}
         self.reference: dict[int, Subspace] = {}
         self.last_refresh: int | None = None
+        # φ(states, U) → mean penalty: set by a decoupler, so that each refresh also logs
+        # the penalty on the held-out rows under the previous U, the new U and U₀
+        self.held_out_penalty: Callable[[Tensor, Subspace], Tensor] | None = None
         self.distribute()
 
     def distribute(self) -> None:
@@ -223,7 +226,7 @@ class OnlineProbe:
             "angle_to_previous": {},
         }
         for i in self.layers:
-            estimator = self.estimators[i]
+            estimator, previous = self.estimators[i], self.subspaces.get(i)
             new = estimator.fit(states[i], labels) if first else estimator.update(states[i], labels)
             if first and self.with_reference:
                 reference = make_estimator(
@@ -235,8 +238,34 @@ class OnlineProbe:
                 log["angle_to_previous"][str(i)] = float(angle)
             self.subspaces[i] = new
             log["overlap"][str(i)] = self.overlaps(i, held[i], held_varieties, model)
+            if self.held_out_penalty is not None:
+                penalties = self.penalties(i, held[i], previous, model)
+                log.setdefault("held_out_penalty", {})[str(i)] = penalties
         self.last_refresh = step
         return log
+
+    def penalties(
+        self, layer: int, held: Tensor, previous: Subspace | None, model: nn.Module
+    ) -> dict[str, float]:
+        """The decoupler's penalty on every held-out token at ``layer`` under the ``U`` that
+        training has been pushing against (``previous``: absent at step 0), the new ``U``
+        ("own") and ``U₀`` ("reference"); sums and counts added over processes first."""
+        assert self.held_out_penalty is not None
+        bases = {"previous": previous, "own": self.subspaces[layer]}
+        bases["reference"] = self.reference.get(layer)
+        named = {name: basis for name, basis in bases.items() if basis is not None}
+        count = float(held.shape[0])
+        terms = [
+            torch.stack([self.held_out_penalty(held, basis).double().cpu() * count,
+                         torch.tensor(count, dtype=torch.float64)])
+            for basis in named.values()
+        ]  # fmt: skip
+        summed = torch.stack(terms)
+        if self.shared:
+            on_device = summed.to(next(model.parameters()).device)
+            self.shared["all_reduce"](on_device)
+            summed = on_device.cpu()
+        return {name: float(t[0] / max(t[1], 1.0)) for name, t in zip(named, summed, strict=True)}
 
     def overlaps(
         self, layer: int, held: Tensor, varieties: list[str], model: nn.Module

@@ -104,7 +104,14 @@ def _scalar(v: Any) -> bool:
 
 
 def _results(run: RunView, captions: list[str]) -> list[str]:
-    out = []
+    fewer = sorted({
+        f"{arm} ({m['n']} per direction)"
+        for arm, seeds in run.res["runs"].items()
+        for r in seeds.values()
+        for d, m in r["metrics"].items()
+        if m.get("n", run.res["directions"][d]["n"]) < run.res["directions"][d]["n"]
+    })  # fmt: skip
+    out = [f"Scored on fewer test rows (the first ones): {', '.join(fewer)}.", ""] if fewer else []
     for metric, scale in (("chrf++", 1), ("bleu", 1), ("target_variety_rate", 100)):
         rows = []
         for arm in run.arms:
@@ -133,13 +140,15 @@ def _results(run: RunView, captions: list[str]) -> list[str]:
     ]
 
 
-def _sentence(arm: str, d: dict[str, Any] | None, what: str = "low-resource directions") -> str:
+def _sentence(
+    arm: str, d: dict[str, Any] | None, what: str = "low-resource directions", vs: str = "standard"
+) -> str:
     if d is None:
-        return f"{arm} vs standard: no mean over {what} in results.json."
+        return f"{arm} vs {vs}: no mean over {what} in results.json."
     p, (lo, hi) = d["p_value"], d["ci95"]
     verdict = "significant" if p < ALPHA else "not significant"
     return (
-        f"{arm} vs standard: mean over {what} {signed(d['delta'])} chrF++ "
+        f"{arm} vs {vs}: mean over {what} {signed(d['delta'])} chrF++ "
         f"(95% CI {signed(lo)} … {signed(hi)}, p {'' if p < 0.001 else '= '}{fmt_p(p)}): "
         f"{verdict} at {ALPHA}."
     )
@@ -156,11 +165,21 @@ def _significance(run: RunView) -> list[str]:
         for a in arms
         if MEAN_STD in deltas[a]
     ]
+    # magnitude-matched pairs: the arm matched to minus the matched arm (same penalty at step 0)
+    matched = {f"{m['of']} − {arm}": m["deltas"]
+               for arm, m in run.res.get("matched_deltas", {}).items()}  # fmt: skip
+    for pair, d in matched.items():
+        first, second = pair.split(" − ")
+        low = _sentence(first, d.get(MEAN_LR, {}).get("chrf++"), vs=second)
+        out.append(f"- {low} (the same penalty at step 0: the probe's subspace against another)")
+        if MEAN_STD in d:
+            into = _sentence(first, d[MEAN_STD]["chrf++"], "directions into the standard", second)
+            out.append(f"- {into}")
     rows = []
-    for arm in arms:
-        for g in (g for g in [*run.dirs, *MEANS] if g in deltas[arm]):
+    for arm, by_group in [*((a, deltas[a]) for a in arms), *matched.items()]:
+        for g in (g for g in [*run.dirs, *MEANS] if g in by_group):
             cells = [arm, MEANS.get(g, f"`{g}`")]
-            for x in (deltas[arm][g]["chrf++"], deltas[arm][g]["bleu"]):
+            for x in (by_group[g]["chrf++"], by_group[g]["bleu"]):
                 lo, hi = x["ci95"]
                 star = "*" if x["p_value"] < ALPHA else ""
                 cells += [
@@ -169,7 +188,8 @@ def _significance(run: RunView) -> list[str]:
                     fmt_p(x["p_value"]),
                 ]
             rows.append(cells)
-    head = ["arm", "direction", "Δ chrF++", "95% CI", "p", "Δ BLEU", "95% CI", "p"]
+    head = ["arm (− standard, or the pair)", "direction", "Δ chrF++", "95% CI", "p", "Δ BLEU",
+            "95% CI", "p"]  # fmt: skip
     return [*out, "", md_table(head, rows), "", f"\\* p < {ALPHA} (paired bootstrap).", "",
             "![deltas](plots/deltas.png)", "",
             "*Difference to the standard arm per direction; whiskers: paired bootstrap 95% CI; "

@@ -106,13 +106,16 @@ STEP_SCALARS = ("loss", "lm_loss", "penalty", "lambda", "lr", "tokens_per_s")
 
 def refresh_scalars(record: dict[str, Any]) -> dict[str, float]:
     """A refresh's log record as flat scalars: ``decoupling/overlap/LAYER/VARIETY/own``
-    (and ``…/reference``) and ``decoupling/angle_to_previous/LAYER``."""
+    (and ``…/reference``), ``decoupling/held_out_penalty/LAYER/WHICH`` and
+    ``decoupling/angle_to_previous/LAYER``."""
     out = {
         f"decoupling/overlap/{layer}/{variety}/{which}": value
         for layer, per in record.get("overlap", {}).items()
         for variety, pair in per.items()
         for which, value in pair.items()
     }
+    for layer, per in record.get("held_out_penalty", {}).items():
+        out |= {f"decoupling/held_out_penalty/{layer}/{k}": v for k, v in per.items()}
     for layer, angle in record.get("angle_to_previous", {}).items():
         out[f"decoupling/angle_to_previous/{layer}"] = angle
     return out
