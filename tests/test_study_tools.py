@@ -1,10 +1,14 @@
-"""What a long study needs from the tool: evaluating a subset of the trained directions
-(``[eval] directions``)."""
+"""What a long study needs from the tool: a subset of the trained directions evaluated
+(``[eval] directions``), an arm scored on fewer rows (``[arms.NAME] max_examples``), the
+matched pairs compared (``matched_deltas``), and the plan of what is left
+(``run --plan``)."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import sacrebleu
 
 from conftest import MINI_CORE
 from vardecouple.experiment.config import ConfigError, load_config
+from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
 from vardecouple.experiment.run import run_experiment
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -57,18 +62,26 @@ def _chrf(hyps: list[str], refs: list[str]) -> float:
     return sacrebleu.CHRF(word_order=2).corpus_score(hyps, [refs]).score
 
 
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory) -> Path:
+    """MINI_CORE run with ``[arms.base] max_examples = 7`` (random is matched to decoupled)."""
+    tmp_path = tmp_path_factory.mktemp("study")
+    text = MINI_CORE.replace(
+        '[arms.base]\nkind = "base"', '[arms.base]\nkind = "base"\nmax_examples = 7'
+    )
+    run_experiment(load_config(_config(tmp_path, text)), tmp_path / "out", progress=False)
+    return tmp_path
+
+
 def test_fewer_rows_for_one_arm_and_the_matched_pair_are_compared_directly(
-    tmp_path: Path,
+    mini_run: Path,
 ) -> None:
     """``[arms.base] max_examples = 7``: base is decoded and scored on the first 7 rows,
     its delta to ``standard`` is taken on those rows; ``matched_deltas`` holds
     decoupled − random (random is matched to decoupled). Both checked against sacrebleu
     on the files."""
-    text = MINI_CORE.replace(
-        '[arms.base]\nkind = "base"', '[arms.base]\nkind = "base"\nmax_examples = 7'
-    )
-    done = run_experiment(load_config(_config(tmp_path, text)), tmp_path / "out", progress=False)
-    res, out = json.loads(done.read_text()), tmp_path / "out"
+    out = mini_run / "out"
+    res = json.loads((out / "results.json").read_text())
 
     def lines(arm: str, seed: int, folder: str, d: str) -> list[str]:
         path = out / "runs" / arm / f"seed-{seed}" / folder / f"{d}.txt"
@@ -99,3 +112,70 @@ def test_fewer_rows_for_one_arm_and_the_matched_pair_are_compared_directly(
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "decoupled vs random: mean over low-resource directions" in report
     assert "Scored on fewer test rows (the first ones): base (7 per direction)." in report
+
+
+def test_plan_rates_are_the_medians_of_the_finished_results(mini_run: Path, tmp_path: Path) -> None:
+    out = mini_run / "out"
+    records = [json.loads(f.read_text()) for f in out.glob("runs/*/seed-*/eval.json")]
+    per_step = [r["train_seconds"] / r["steps"] for r in records if r["steps"]]
+    per_sentence = [
+        r["eval_seconds"] / sum(m["n"] for m in r["metrics"].values())
+        for r in records
+        if r["kind"] != "copy"
+    ]
+    rates = measured_rates(out)
+    # 3 trained arms × 2 seeds; their evaluations and base's (copy decodes nothing)
+    assert (rates.trainings, rates.evaluations) == (6, 7)
+    assert rates.step_seconds == pytest.approx(statistics.median(per_step))
+    assert rates.sentence_seconds == pytest.approx(statistics.median(per_sentence))
+    empty = measured_rates(tmp_path)
+    assert empty.step_seconds is None and empty.sentence_seconds is None
+
+
+def test_plan_lists_the_states_and_the_work_left(mini_run: Path, tmp_path: Path) -> None:
+    config = load_config(mini_run / "c.toml")
+    done = {(it.arm, it.seed): it for it in plan_run(config, mini_run / "out")}
+    assert all(it.state == "done" and not it.steps_left and not it.sentences_left
+               for it in done.values())  # fmt: skip
+    assert set(done) == {("copy", 0), ("base", 0), *((a, s) for a in ("standard", "decoupled",
+                         "random") for s in (0, 1))}  # fmt: skip
+    # a folder where one arm is trained but not evaluated, one is half-way, the rest new
+    partial = tmp_path / "out"
+    for arm in ("standard", "decoupled"):
+        (partial / "runs" / arm / "seed-0").mkdir(parents=True)
+    (partial / "runs/standard/seed-0/train_summary.json").write_text("{}")
+    log = partial / "runs/decoupled/seed-0/train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": k, "loss": 1.0}) + "\n" for k in range(3)))
+    items = {(it.arm, it.seed): it for it in plan_run(config, partial)}
+    n = 20 * 2  # test rows × directions
+    assert items[("standard", 0)].state == "trained"
+    assert (items[("standard", 0)].steps_left, items[("standard", 0)].sentences_left) == (0, n)
+    assert items[("decoupled", 0)].state == "training (3/4)"
+    assert items[("decoupled", 0)].steps_left == 1
+    assert (items[("random", 1)].steps_left, items[("random", 1)].sentences_left) == (4, n)
+    assert items[("base", 0)].sentences_left == 7 * 2 and items[("copy", 0)].sentences_left == 0
+    text = format_plan(list(items.values()), measured_rates(mini_run / "out"))
+    steps = 4 * 6 - 4 - 3
+    sentences = n * 6 + 7 * 2  # every trained arm × seed (none evaluated) and base
+    assert f"{steps} training steps, {sentences} sentences to decode" in text
+    rates = measured_rates(mini_run / "out")
+    hours = (steps * rates.step_seconds + sentences * rates.sentence_seconds) / 3600
+    assert f"≈ {hours:.1f} h" in text
+    assert "estimate: unknown: no s per training step and no s per decoded sentence" in (
+        format_plan(list(items.values()), measured_rates(tmp_path / "nothing"))
+    )
+
+
+def test_run_plan_writes_nothing_and_rates_from_needs_plan(mini_run: Path, tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vardecouple", *args],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    config, new = str(mini_run / "c.toml"), tmp_path / "new"
+    shown = cli("run", config, "--out", str(new), "--plan", "--rates-from", str(mini_run / "out"))
+    assert shown.returncode == 0, shown.stderr
+    assert "left: 8 of 8 arm × seed results, 24 training steps, 254 sentences" in shown.stdout
+    assert "estimate: ≈ " in shown.stdout and not new.exists()
+    bad = cli("run", config, "--out", str(new), "--rates-from", str(mini_run / "out"))
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("--rates-from goes with --plan")
+    assert len(bad.stderr.strip().splitlines()) == 1 and not new.exists()

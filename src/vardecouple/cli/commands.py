@@ -131,6 +131,15 @@ def run_command(args: argparse.Namespace) -> int:
     from vardecouple.experiment.run import run_experiment, run_state
 
     config = load_config(args.config, data_root=args.data_root).with_recorded_defaults(args.out)
+    if args.rates_from is not None and not args.plan:
+        raise ValueError("run: --rates-from goes with --plan")
+    if args.plan:
+        from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
+
+        run_state(config, args.out)  # a folder of another config is refused, as a run would
+        rates = measured_rates(args.rates_from if args.rates_from is not None else args.out)
+        print(format_plan(plan_run(config, args.out), rates))
+        return 0
     try:
         state = run_state(config, args.out)
     except FileExistsError:

@@ -101,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="train the seeds of an arm in this many processes at once (default 1)",
     )
+    r.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what is left to do and how long it should take; run nothing, write nothing",
+    )
+    r.add_argument(
+        "--rates-from",
+        default=None,
+        metavar="DIR",
+        help="with --plan: the run folder whose finished results give the seconds per "
+        "training step and per sentence (default: --out itself)",
+    )
     r.set_defaults(func=run_command)
     e = sub.add_parser(
         "eval",

@@ -40,10 +40,10 @@ from vardecouple.experiment.results import (
 from vardecouple.io import write_json_atomic, write_lines_atomic, write_text_atomic
 from vardecouple.report import write_report
 
-__all__ = ["held_out_rows", "run_experiment", "run_state"]
+__all__ = ["arm_order", "arm_seeds", "held_out_rows", "run_experiment", "run_state"]
 
 
-def _arm_order(config: ExperimentConfig) -> list[str]:
+def arm_order(config: ExperimentConfig) -> list[str]:
     """copy/base first, then trained arms, a matched arm after the arm it matches, then
     the erase arms (they read a trained arm's adapters)."""
     names = list(config.arms)
@@ -55,7 +55,7 @@ def _arm_order(config: ExperimentConfig) -> list[str]:
     return fixed + plain + matched + [a for a in names if config.arm(a).kind == "erase"]
 
 
-def _seeds(config: ExperimentConfig, arm: str) -> list[int]:
+def arm_seeds(config: ExperimentConfig, arm: str) -> list[int]:
     """Every seed for trained arms and erasure on them; the first for the others."""
     settings = config.arm(arm)
     if settings.kind == "train" or (settings.kind == "erase" and settings.erase_on):
@@ -117,17 +117,17 @@ def run_experiment(
     else:
         record = json.loads(prov_file.read_text())
     runs: dict[str, dict[str, Any]] = {}
-    order = _arm_order(config)
-    total = sum(len(_seeds(config, a)) for a in order)
+    order = arm_order(config)
+    total = sum(len(arm_seeds(config, a)) for a in order)
     done = [
-        (a, s) for a in order for s in _seeds(config, a)
+        (a, s) for a in order for s in arm_seeds(config, a)
         if (out / "runs" / a / f"seed-{s}" / "eval.json").exists()
     ]  # fmt: skip
     say = _reporter(out, progress, total, len(done))
     say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
     for arm in order:
         settings = config.arm(arm)
-        seeds = _seeds(config, arm)
+        seeds = arm_seeds(config, arm)
         todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
         if jobs > 1 and settings.kind == "train" and len(todo) > 1:
             say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
@@ -256,7 +256,7 @@ def _probe(config: ExperimentConfig, ctx: RunContext, out: Path) -> Path:
         write_lines_atomic(folder / "rows" / f"{code}.txt", lines[:n])
     seed = config.train.seeds[0]
     name = "best-adapter" if config.eval.checkpoint == "best-dev" else "adapter"
-    arms = [a for a in _arm_order(config) if config.arm(a).kind == "train"]
+    arms = [a for a in arm_order(config) if config.arm(a).kind == "train"]
     adapters = [out / "runs" / arm / f"seed-{seed}" / name for arm in arms]
     return run_probe(
         config.model.spec,
