@@ -18,6 +18,7 @@ from conftest import MINI_CORE
 from vardecouple.experiment.config import ConfigError, load_config
 from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
 from vardecouple.experiment.run import run_experiment
+from vardecouple.probes.artifact import load_subspace
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -179,3 +180,34 @@ def test_run_plan_writes_nothing_and_rates_from_needs_plan(mini_run: Path, tmp_p
     bad = cli("run", config, "--out", str(new), "--rates-from", str(mini_run / "out"))
     assert bad.returncode == 2 and bad.stderr.strip().endswith("--rates-from goes with --plan")
     assert len(bad.stderr.strip().splitlines()) == 1 and not new.exists()
+
+
+def test_mechanism_chance_scale_and_held_out_penalty_in_results_and_report(mini_run: Path) -> None:
+    """Each trained run records chance = k/d (k the reference rank, d the saved subspace's
+    width); the report's penalty table holds the train logs' held-out penalties under U₀
+    at the first and last refresh, averaged over seeds."""
+    out = mini_run / "out"
+    res = json.loads((out / "results.json").read_text())
+    config = load_config(mini_run / "c.toml")
+    for arm in ("standard", "decoupled", "random"):
+        for seed in ("0", "1"):
+            width = load_subspace(out / "runs" / arm / f"seed-{seed}" / "subspace")[1].basis.shape[
+                0
+            ]
+            chance = res["runs"][arm][seed]["overlap"]["chance"]
+            assert chance == pytest.approx(config.arm(arm).reference_rank / width)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "low-res after ÷ chance" in report and (out / "plots" / "held_out_penalty.png").is_file()
+    firsts, lasts = [], []
+    for seed in (0, 1):
+        log = out / "runs" / "decoupled" / f"seed-{seed}" / "train_log.jsonl"
+        refreshes = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("refresh")]
+        firsts.append(refreshes[0]["held_out_penalty"]["1"]["reference"])
+        lasts.append(refreshes[-1]["held_out_penalty"]["1"]["reference"])
+        assert "previous" not in refreshes[0]["held_out_penalty"]["1"]
+        assert "previous" in refreshes[-1]["held_out_penalty"]["1"]
+    row = next(line for line in report.splitlines() if line.startswith("| decoupled | 1 | ")
+               and "%" in line)  # fmt: skip
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) == pytest.approx(statistics.fmean(firsts), abs=5e-4)
+    assert float(cells[3]) == pytest.approx(statistics.fmean(lasts), abs=5e-4)

@@ -129,7 +129,7 @@ def _train(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) ->
         "train_seconds": summary["train_seconds"],
         "train_dtype": summary.get("dtype"),  # None: trained before it was recorded
         "checkpoint": _checkpoint_note(run_dir, config.eval.checkpoint, summary["steps"]),
-        "overlap": _overlap(run_dir, ctx.out),
+        "overlap": _overlap(run_dir, ctx.out, config.arm(arm).reference_rank),
         "lambda": _start(run_dir)[0],
     }
     return hyps
@@ -190,15 +190,20 @@ def _start(run_dir: Path) -> tuple[float, float]:
     raise ValueError(f"run: {log} has no step-0 penalty (λ·L to match)")
 
 
-def _overlap(run_dir: Path, out: Path) -> dict[str, Any]:
+def _overlap(run_dir: Path, out: Path, reference_rank: int) -> dict[str, Any]:
+    """The first and last refresh's overlaps, and ``chance``: k/d, the overlap a random
+    k-dimensional ``U₀`` would hold of isotropic states (d from the arm's saved subspace)."""
     log = run_dir / "train_log.jsonl"
     refreshes = [
         r for r in map(json.loads, log.read_text(encoding="utf-8").splitlines()) if r.get("refresh")
     ]
+    info = run_dir / "subspace" / "subspace.json"
+    dim = json.loads(info.read_text(encoding="utf-8"))["dim"] if info.is_file() else None
     return {
         "initial": refreshes[0]["overlap"],
         "final": refreshes[-1]["overlap"],
         "by_step": str(log.relative_to(out)),
+        "chance": reference_rank / dim if dim else None,
     }
 
 

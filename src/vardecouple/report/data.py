@@ -147,8 +147,15 @@ class RunView:
                 out.setdefault(layer, []).append(table)
         return out
 
-    def curves(self, arm: str) -> dict[str, dict[int, Tables]]:
-        """layer → step → overlap tables (one per seed), from the train logs' refreshes."""
+    def chance(self, arm: str) -> float | None:
+        """k/d of the arm's reference subspace (the overlap of a random one), if recorded."""
+        return mean_of(
+            [(r.get("overlap") or {}).get("chance") for r in self.runs.get(arm, {}).values()]
+        )
+
+    def curves(self, arm: str, key: str = "overlap") -> dict[str, dict[int, Tables]]:
+        """layer → step → the refreshes' ``key`` records (one per seed; overlap tables by
+        default, or ``held_out_penalty``), from the train logs."""
         out: dict[str, dict[int, Tables]] = {}
         for seed, r in self.runs.get(arm, {}).items():
             rel = (r.get("overlap") or {}).get("by_step")
@@ -168,7 +175,7 @@ class RunView:
                     and rec.get("refresh")
                     and isinstance(rec.get("step"), int)
                 ):
-                    steps[rec["step"]] = rec.get("overlap") or {}  # resumed: the later record wins
+                    steps[rec["step"]] = rec.get(key) or {}  # resumed: the later record wins
             for step, layers in steps.items():
                 for layer, table in layers.items():
                     out.setdefault(layer, {}).setdefault(step, []).append(table)

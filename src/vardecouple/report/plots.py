@@ -16,13 +16,21 @@ from matplotlib.patches import Patch
 from vardecouple.io import write_atomic
 from vardecouple.report.data import ALPHA, MEANS, NAMES, RunView, layer_key
 
-__all__ = ["PLOTS", "plot_deltas", "plot_overlap_layer", "plot_overlap_step", "plot_scores"]
+__all__ = [
+    "PLOTS",
+    "plot_deltas",
+    "plot_held_out_penalty",
+    "plot_overlap_layer",
+    "plot_overlap_step",
+    "plot_scores",
+]
 PLOTS = (
     "chrf_by_direction.png",
     "deltas.png",
     "overlap_by_step.png",
     "overlap_by_layer.png",
     "target_rate.png",
+    "held_out_penalty.png",
 )
 
 
@@ -169,6 +177,36 @@ def plot_overlap_step(run: RunView, path: Path) -> None:
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5))
     fig.suptitle("Overlap with the frozen reference subspace U₀ during training (mean over seeds)")
+    _save(fig, path)
+
+
+def plot_held_out_penalty(run: RunView, path: Path) -> None:
+    """Per layer, each trained arm's held-out penalty under U₀ (solid) and under the U it
+    was trained against until each refresh (dotted), mean over seeds."""
+    curves = {a: run.curves(a, "held_out_penalty") for a in run.trained()}
+    curves = {a: c for a, c in curves.items() if any(c.values())}
+    layers = sorted({la for c in curves.values() for la in c}, key=layer_key)
+    fig = Figure(figsize=(max(7.0, 4.2 * min(len(layers), 3) + 2), 4.2), layout="constrained")
+    axes = fig.subplots(1, max(len(layers), 1), sharey=True, squeeze=False)[0]
+    if not layers:
+        _empty(axes[0], "no held-out penalty in the train logs")
+    for ax, layer in zip(axes, layers, strict=False):
+        for arm, c in curves.items():
+            steps = sorted(c.get(layer, {}))
+            for key, ls in (("reference", "-"), ("previous", ":")):
+                pts = [(s, np.mean([t[key] for t in c[layer][s] if key in t]))
+                       for s in steps if any(key in t for t in c[layer][s])]  # fmt: skip
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), ls=ls, marker="o", ms=3, color=run.colors[arm])
+        ax.set(title=f"layer {layer}", xlabel="training step", ylabel="held-out penalty")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=run.colors[a], label=a) for a in curves]
+    handles += [
+        Line2D([], [], color="grey", label="under U₀ (frozen)"),
+        Line2D([], [], color="grey", ls=":", label="under the U trained against"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5))
+    fig.suptitle("The penalty on held-out probe tokens at each refresh (mean over seeds)")
     _save(fig, path)
 
 

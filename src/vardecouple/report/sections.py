@@ -31,6 +31,7 @@ from vardecouple.report.data import (
 from vardecouple.report.plots import (
     PLOTS,
     plot_deltas,
+    plot_held_out_penalty,
     plot_overlap_layer,
     plot_overlap_step,
     plot_scores,
@@ -212,16 +213,28 @@ def _overlap(run: RunView) -> list[str]:
     rows, low, std = [], run.varieties, [run.standard]
     for arm in run.trained():
         ini, fin = run.tables(arm, "initial"), run.tables(arm, "final")
+        chance = run.chance(arm)
         for la in sorted(set(ini) | set(fin), key=layer_key):
             i, f = ini.get(la, []), fin.get(la, [])
             vals = [run.ovl(i, low), run.ovl(f, low), run.ovl(i, std), run.ovl(f, std)]
-            rows.append([arm, la, *map(fmt, vals), fmt(run.ovl(f, low, "own"))])
+            ratios = [None if v is None or not chance else v / chance for v in (vals[1], vals[3])]
+            rows.append([arm, la, *map(fmt, vals), fmt(run.ovl(f, low, "own")),
+                         *(fmt(r, 2) for r in ratios)])  # fmt: skip
     erased = _erasure_rows(run)
     if not rows and not erased:
         return [*out, "No overlap tables in results.json (no trained arm recorded any)."]
     head = ["arm", "layer", "low-res before", "low-res after", "standard before"]
     if rows:
-        out.append(md_table([*head, "standard after", "low-res after, own U"], rows))
+        head += ["standard after", "low-res after, own U", "low-res after ÷ chance"]
+        out.append(md_table([*head, "standard after ÷ chance"], rows))
+        out += [
+            "",
+            "Chance = k/d (reference rank over hidden size): the share of isotropic variance a "
+            "random k-dimensional subspace holds. A ratio near 1 means U₀ holds no more of the "
+            "states' centred variance than a random direction would.",
+            "",
+        ]
+    out += _penalty_rows(run)
     if erased:
         out += ["", "Inference-time erasure: overlap of held-out probe states with a subspace "
                 "fitted (same estimator and rank) on the unerased model at each layer from the "
@@ -231,6 +244,33 @@ def _overlap(run: RunView) -> list[str]:
         head = ["arm", "layer", "low-res plain", "low-res erased", "standard plain"]
         out.append(md_table([*head, "standard erased"], erased))
     return out
+
+
+def _penalty_rows(run: RunView) -> list[str]:
+    """What the penalty minimises, on the held-out probe tokens: its value under U₀ at the
+    first and last refresh, and under the U training pushed against before the last one."""
+    rows = []
+    for arm in run.trained():
+        for layer, steps in run.curves(arm, "held_out_penalty").items():
+            if not steps:
+                continue
+            first, last = steps[min(steps)], steps[max(steps)]
+            ref0, ref1 = (mean_of([t.get("reference") for t in x]) for x in (first, last))
+            change = None if not ref0 or ref1 is None else 100 * (ref1 / ref0 - 1)
+            rows.append([arm, layer, fmt(ref0), fmt(ref1),
+                         "—" if change is None else f"{change:+.1f}%",
+                         fmt(mean_of([t.get("previous") for t in last])),
+                         fmt(mean_of([t.get("own") for t in last]))])  # fmt: skip
+    plot = ["![held-out penalty by step](plots/held_out_penalty.png)", ""]
+    if not rows:
+        return ["No held-out penalty in the train logs (logs written before it was recorded).",
+                "", *plot]  # fmt: skip
+    head = ["arm", "layer", "U₀ at step 0", "U₀ at the end", "change", "last U pushed against",
+            "new U at the end"]  # fmt: skip
+    return ["What the penalty minimises: its mean over the held-out probe tokens (the "
+            "configured form, e.g. ‖Uᵀh‖), under the frozen U₀, under the U training pushed "
+            "against until the last refresh, and under the U fitted then (mean over seeds).",
+            "", md_table(head, rows), "", *plot]  # fmt: skip
 
 
 def _erasure_rows(run: RunView) -> list[list[str]]:
@@ -338,6 +378,7 @@ def write_report(run_dir: Path, command: str | None = None) -> Path:
     plot_deltas(run, plots / PLOTS[1])
     plot_overlap_step(run, plots / PLOTS[2])
     plot_overlap_layer(run, plots / PLOTS[3])
+    plot_held_out_penalty(run, plots / PLOTS[5])
     bodies = [_setup(run), _results(run, captions), _significance(run), _overlap(run),
               _probing(run)]  # fmt: skip
     lines = [
