@@ -6,6 +6,7 @@ matched pairs compared (``matched_deltas``), and the plan of what is left
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 import sacrebleu
 
 from conftest import MINI_CORE
+from vardecouple.analysis.power import estimate_power, sentences_needed
+from vardecouple.evaluate.metrics import paired_bootstrap
 from vardecouple.experiment.config import ConfigError, load_config
 from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
 from vardecouple.experiment.run import run_experiment
@@ -211,3 +214,42 @@ def test_mechanism_chance_scale_and_held_out_penalty_in_results_and_report(mini_
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[2]) == pytest.approx(statistics.fmean(firsts), abs=5e-4)
     assert float(cells[3]) == pytest.approx(statistics.fmean(lasts), abs=5e-4)
+
+
+def test_power_is_the_bootstrap_interval_scaled_to_the_target(mini_run: Path) -> None:
+    out = mini_run / "out"
+    got = {e.group: e for e in estimate_power(out, "decoupled", "standard", target=0.5)}
+    assert set(got) == {"mean_low_resource", "mean_standard"}
+    for group, d in (("mean_low_resource", "deu_Latn->nds_Latn"),
+                     ("mean_standard", "nds_Latn->deu_Latn")):  # fmt: skip
+
+        def lines(arm: str, folder: str, d: str = d) -> list[str]:
+            path = out / "runs" / arm / "seed-0" / folder / f"{d}.txt"
+            return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+        direct = paired_bootstrap(
+            [(lines("standard", "references"), [lines("decoupled", "hypotheses")],
+              [lines("standard", "hypotheses")])]
+        )  # fmt: skip
+        half = (direct.ci95[1] - direct.ci95[0]) / 2
+        e = got[group]
+        assert (e.seed, e.n) == (0, 20)
+        assert e.delta == pytest.approx(direct.delta) and e.half_width == pytest.approx(half)
+        assert e.needed == max(1, math.ceil(20 * (half / 0.5) ** 2))
+    assert sentences_needed(100, 2.0, 1.0) == 400 and sentences_needed(100, 0.5, 1.0) == 25
+    with pytest.raises(ValueError, match="power"):
+        sentences_needed(0, 1.0, 1.0)
+
+
+def test_power_command_prints_the_table_and_refuses_an_unknown_arm(mini_run: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vardecouple", "power", *args],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    out = str(mini_run / "out")
+    shown = cli(out, "--compare", "decoupled", "random", "--compare", "decoupled", "standard")
+    assert shown.returncode == 0, shown.stderr
+    assert "decoupled − random" in shown.stdout and "decoupled − standard" in shown.stdout
+    bad = cli(out, "--compare", "decoupled", "decoupld")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "no seed with both 'decoupled' and 'decoupld' evaluated" in bad.stderr

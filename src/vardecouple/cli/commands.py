@@ -161,6 +161,20 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def power_command(args: argparse.Namespace) -> int:
+    from vardecouple.analysis.power import as_records, estimate_power, format_power
+
+    if not (Path(args.run_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"power: {args.run_dir} holds no run (no config.json)")
+    estimates = [
+        e
+        for a, b in args.compare
+        for e in estimate_power(args.run_dir, a, b, target=args.target, seed=args.seed)
+    ]
+    print(json.dumps(as_records(estimates), indent=1) if args.json else format_power(estimates))
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from vardecouple.report import write_report
 

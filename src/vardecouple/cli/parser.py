@@ -10,6 +10,7 @@ from vardecouple.cli.commands import (
     demo_command,
     eval_command,
     planted_command,
+    power_command,
     probe_command,
     report_command,
     run_command,
@@ -189,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("run_dir", help="a folder written by `vardecouple run`")
     rep.set_defaults(func=report_command)
+    pw = sub.add_parser(
+        "power",
+        help="test sentences per direction a comparison needs for a given 95%% interval",
+        description="From one seed of two finished arms in a run folder: the paired "
+        "bootstrap's 95%% interval of their chrF++ delta (means over the directions into the "
+        "varieties and into the standard) and the sentences per direction that narrow it to "
+        "±TARGET (n·(h/target)², the interval shrinking as 1/√n).",
+    )
+    pw.add_argument("run_dir", help="a folder written by `vardecouple run` (finished arms)")
+    pw.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("A", "B"),
+        help="the delta A − B (repeat the flag for several pairs)",
+    )
+    pw.add_argument("--target", type=positive_float, default=1.0, help="half-width (default 1)")
+    pw.add_argument("--seed", type=int, default=None, help="default: the first both finished")
+    pw.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pw.set_defaults(func=power_command)
     pb = sub.add_parser(
         "probe",
         help="geometry and codelengths of the varieties' sentence states, layer by layer",
@@ -280,6 +302,16 @@ def alpha_value(text: str) -> float:
         value = float("nan")
     if not (value >= 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
