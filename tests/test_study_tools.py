@@ -121,7 +121,7 @@ def test_fewer_rows_for_one_arm_and_the_matched_pair_are_compared_directly(
 def test_plan_rates_are_the_medians_of_the_finished_results(mini_run: Path, tmp_path: Path) -> None:
     out = mini_run / "out"
     records = [json.loads(f.read_text()) for f in out.glob("runs/*/seed-*/eval.json")]
-    per_step = [r["train_seconds"] / r["steps"] for r in records if r["steps"]]
+    per_step = [r["train_seconds"] / r["steps"] for r in records if r["steps"]]  # none resumed
     per_sentence = [
         r["eval_seconds"] / sum(m["n"] for m in r["metrics"].values())
         for r in records
@@ -132,6 +132,13 @@ def test_plan_rates_are_the_medians_of_the_finished_results(mini_run: Path, tmp_
     assert (rates.trainings, rates.evaluations) == (6, 7)
     assert rates.step_seconds == pytest.approx(statistics.median(per_step))
     assert rates.sentence_seconds == pytest.approx(statistics.median(per_sentence))
+    # a resumed arm: its train_seconds cover the steps since the resume only
+    copy = tmp_path / "resumed" / "runs" / "standard" / "seed-0"
+    copy.mkdir(parents=True)
+    record = json.loads((out / "runs/standard/seed-0/eval.json").read_text())
+    (copy / "eval.json").write_text(json.dumps(record | {"train_seconds": 30.0}))
+    (copy / "train_summary.json").write_text(json.dumps({"steps": 4, "resumed_from": 1}))
+    assert measured_rates(tmp_path / "resumed").step_seconds == pytest.approx(30.0 / 3)
     empty = measured_rates(tmp_path)
     assert empty.step_seconds is None and empty.sentence_seconds is None
 

@@ -3,7 +3,8 @@
 The cost of a run is, to a good approximation, training steps × seconds per step plus
 decoded sentences × seconds per sentence. :func:`measured_rates` reads both rates from
 the arm × seed results a run folder already holds (``train_summary.json``: training
-seconds over steps, refreshes, dev loss and checkpoints included; ``eval.json``:
+seconds over the steps since the last resume, refreshes, dev loss and checkpoints
+included; ``eval.json``:
 decoding seconds over the sentences decoded), so an estimate is only as good as the runs
 it was measured on: on the same machine, model and decoding settings.
 :func:`plan_run` lists every arm × seed of a config with its state and the work left.
@@ -53,8 +54,12 @@ def measured_rates(folder: str | Path) -> Rates:
     steps, sentences = [], []
     for record_file in sorted(Path(folder).glob("runs/*/seed-*/eval.json")):
         record = json.loads(record_file.read_text(encoding="utf-8"))
-        if record.get("steps"):
-            steps.append(record["train_seconds"] / record["steps"])
+        summary = record_file.parent / "train_summary.json"
+        if record.get("steps") and summary.is_file():
+            # a resumed arm's train_seconds are its last process's: the steps since resuming
+            since = json.loads(summary.read_text(encoding="utf-8")).get("resumed_from") or 0
+            if record["steps"] > since:
+                steps.append(record["train_seconds"] / (record["steps"] - since))
         decoded = sum(_scored(record_file.parent, d, m) for d, m in record["metrics"].items())
         if record.get("kind") != "copy" and decoded and record.get("eval_seconds"):
             sentences.append(record["eval_seconds"] / decoded)
