@@ -190,6 +190,15 @@ def test_decoupled_lora_steps_on_gemma_save_and_reload(tmp_path) -> None:
     )
     assert [r["step"] for r in log if r.get("refresh")] == [0, 2, 4]
     assert (out / "checkpoint" / "MANIFEST.json").is_file()
+    # the last refresh's held-out penalty (issue 19) is the penalty of the final model's
+    # held-out probe states under the new U and U₀, computed here directly
+    last = [r for r in log if r.get("refresh")][-1]["held_out_penalty"]["9"]
+    states, _, _ = decoupler.states(loaded.model, loaded.tokenizer, decoupler.measure)
+    loaded.model.train()
+    for name, basis in (("own", decoupler.subspaces[9]), ("reference", decoupler.reference[9])):
+        direct = float(projection_penalty(states[9], None, basis, "norm"))
+        assert last[name] == pytest.approx(direct, rel=1e-4), name
+    assert set(last) == {"previous", "own", "reference"} and last["previous"] > 0
 
     loaded.model.save_pretrained(tmp_path / "adapter")
     batch = collate(features[:2], loaded.tokenizer.pad_token_id)
