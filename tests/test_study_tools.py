@@ -240,9 +240,19 @@ def test_power_is_the_bootstrap_interval_scaled_to_the_target(mini_run: Path) ->
         )  # fmt: skip
         half = (direct.ci95[1] - direct.ci95[0]) / 2
         e = got[group]
-        assert (e.seed, e.n) == (0, 20)
+        assert (e.seeds, e.n) == ((0,), 20)
         assert e.delta == pytest.approx(direct.delta) and e.half_width == pytest.approx(half)
+        assert e.p_value == pytest.approx(direct.p_value)
         assert e.needed == max(1, math.ceil(20 * (half / 0.5) ** 2))
+    # every seed: the seed-averaged comparison, which results.json reports against standard
+    both = {e.group: e for e in estimate_power(out, "decoupled", "standard", all_seeds=True)}
+    res = json.loads((out / "results.json").read_text())["deltas"]["decoupled"]
+    for group, e in both.items():
+        assert e.seeds == (0, 1)
+        assert e.delta == pytest.approx(res[group]["chrf++"]["delta"])
+        assert e.p_value == pytest.approx(res[group]["chrf++"]["p_value"])
+        low, high = res[group]["chrf++"]["ci95"]
+        assert e.half_width == pytest.approx((high - low) / 2)
     assert sentences_needed(100, 2.0, 1.0) == 400 and sentences_needed(100, 0.5, 1.0) == 25
     with pytest.raises(ValueError, match="power"):
         sentences_needed(0, 1.0, 1.0)

@@ -11,7 +11,9 @@ interval half-width ``h``, the sentences per direction that give a half-width of
 It is an estimate: ``h`` is itself measured on ``n`` sentences, and corpus-level chrF++ is
 only approximately a mean over sentences. Read from one seed of each arm, it is the
 interval of a one-seed comparison; averaging seeds narrows the interval where the seeds
-disagree, so it errs on the safe side.
+disagree, so it errs on the safe side. With every seed (``all_seeds``) the delta, its
+interval and p-value are those of the seed-averaged comparison (as ``results.json``
+reports for the arms it compares).
 """
 
 from __future__ import annotations
@@ -39,15 +41,16 @@ def sentences_needed(n: int, half_width: float, target: float) -> int:
 @dataclass(frozen=True)
 class PowerEstimate:
     """One comparison (``a − b``) over a group of directions, measured on ``n`` sentences
-    per direction with one seed of each arm."""
+    per direction with ``seeds`` of each arm (seeds averaged inside each resample)."""
 
     a: str
     b: str
     group: str
-    seed: int
+    seeds: tuple[int, ...]
     n: int
     delta: float
     half_width: float
+    p_value: float
     target: float
     needed: int
 
@@ -64,6 +67,7 @@ def estimate_power(
     *,
     target: float = 1.0,
     seed: int | None = None,
+    all_seeds: bool = False,
     metric: str = "chrf++",
     n_samples: int = 1000,
 ) -> list[PowerEstimate]:
@@ -71,7 +75,8 @@ def estimate_power(
     ``vardecouple run``: ``config.json`` and each arm's ``runs/ARM/seed-S/hypotheses/``
     and ``references/``), over the directions into the varieties (``mean_low_resource``)
     and into the standard (``mean_standard``), on the first ``seed`` both arms finished
-    (or the given one), and on the rows both were scored on."""
+    (or the given one; ``all_seeds``: every seed both finished), and on the rows both
+    were scored on."""
     root = Path(run_dir)
     data = json.loads((root / "config.json").read_text(encoding="utf-8"))["data"]
     folders = {arm: root / "runs" / arm for arm in (a, b)}
@@ -82,13 +87,13 @@ def estimate_power(
     shared = sorted(seeds[0] & seeds[1])
     if seed is None and not shared:
         raise ValueError(f"power: {root}: no seed with both {a!r} and {b!r} evaluated")
-    seed = shared[0] if seed is None else seed
-    if seed not in shared:
+    if seed is not None and seed not in shared:
         raise ValueError(f"power: {root}: seed {seed} is not evaluated for both {a!r} and {b!r}")
-    runs = {arm: f / f"seed-{seed}" for arm, f in folders.items()}
+    chosen = shared if all_seeds else [shared[0] if seed is None else seed]
+    first = {arm: f / f"seed-{chosen[0]}" for arm, f in folders.items()}
     directions = sorted(
-        {p.stem for p in (runs[a] / "hypotheses").glob("*.txt")}
-        & {p.stem for p in (runs[b] / "hypotheses").glob("*.txt")}
+        {p.stem for p in (first[a] / "hypotheses").glob("*.txt")}
+        & {p.stem for p in (first[b] / "hypotheses").glob("*.txt")}
     )
     groups: dict[str, list[str]] = {"mean_low_resource": [], "mean_standard": []}
     for d in directions:
@@ -101,33 +106,35 @@ def estimate_power(
     for group, dirs in groups.items():
         if not dirs:
             continue
-        blocks: list[Any] = []
-        for d in dirs:
-            refs = _lines(runs[a] / "references" / f"{d}.txt")
-            ha, hb = (
-                _lines(runs[a] / "hypotheses" / f"{d}.txt"),
-                _lines(runs[b] / "hypotheses" / f"{d}.txt"),
-            )
-            n = min(len(refs), len(ha), len(hb))
-            blocks.append((refs[:n], [ha[:n]], [hb[:n]]))
-        n = min(len(block[0]) for block in blocks)
-        blocks = [(r[:n], [x[0][:n]], [y[0][:n]]) for r, x, y in blocks]
+        read = {
+            (arm, d): [_lines(folders[arm] / f"seed-{s}" / "hypotheses" / f"{d}.txt")
+                       for s in chosen]
+            for arm in (a, b)
+            for d in dirs
+        }  # fmt: skip
+        refs = {d: _lines(first[a] / "references" / f"{d}.txt") for d in dirs}
+        n = min(len(x) for x in [*refs.values(), *(h for hs in read.values() for h in hs)])
+        blocks: list[Any] = [
+            (refs[d][:n], [h[:n] for h in read[a, d]], [h[:n] for h in read[b, d]]) for d in dirs
+        ]
         result = paired_bootstrap(blocks, metric=metric, n_samples=n_samples)
         half = (result.ci95[1] - result.ci95[0]) / 2
-        out.append(PowerEstimate(a, b, group, seed, n, result.delta, half, target,
-                                 sentences_needed(n, half, target)))  # fmt: skip
+        needed = sentences_needed(n, half, target)
+        out.append(PowerEstimate(a, b, group, tuple(chosen), n, result.delta, half,
+                                 result.p_value, target, needed))  # fmt: skip
     return out
 
 
 def format_power(estimates: list[PowerEstimate]) -> str:
     """The estimates as a table."""
-    head = f"{'comparison':<34} {'group':<18} {'seed':>4} {'n':>5} {'delta':>7} {'±95%':>6}"
-    head += " sentences needed"
+    head = f"{'comparison':<34} {'group':<18} {'seeds':>6} {'n':>5} {'delta':>7} {'±95%':>6}"
+    head += f" {'p':>6}  sentences needed"
     lines = [head]
     for e in estimates:
+        seeds = ",".join(map(str, e.seeds))
         lines.append(
-            f"{e.a + ' − ' + e.b:<34} {e.group:<18} {e.seed:>4} {e.n:>5} {e.delta:>+7.2f} "
-            f"{e.half_width:>6.2f} {e.needed:>9} (±{e.target:g})"
+            f"{e.a + ' − ' + e.b:<34} {e.group:<18} {seeds:>6} {e.n:>5} {e.delta:>+7.2f} "
+            f"{e.half_width:>6.2f} {e.p_value:>6.3f}  {e.needed} (for ±{e.target:g})"
         )
     return "\n".join(lines)
 

@@ -169,7 +169,9 @@ def power_command(args: argparse.Namespace) -> int:
     estimates = [
         e
         for a, b in args.compare
-        for e in estimate_power(args.run_dir, a, b, target=args.target, seed=args.seed)
+        for e in estimate_power(
+            args.run_dir, a, b, target=args.target, seed=args.seed, all_seeds=args.all_seeds
+        )
     ]
     print(json.dumps(as_records(estimates), indent=1) if args.json else format_power(estimates))
     return 0

@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pw.add_argument("--target", type=positive_float, default=1.0, help="half-width (default 1)")
     pw.add_argument("--seed", type=int, default=None, help="default: the first both finished")
+    pw.add_argument(
+        "--all-seeds",
+        action="store_true",
+        help="every seed both arms finished, averaged inside each resample (the comparison "
+        "itself, with its p-value) instead of one seed",
+    )
     pw.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pw.set_defaults(func=power_command)
     pb = sub.add_parser(
