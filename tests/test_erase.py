@@ -165,6 +165,9 @@ def test_later_overlaps_equal_an_independent_computation(setup) -> None:
 def test_erase_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="alpha"):
         EraseConfig(alpha=-1)
+    for bad in (-0.5, float("nan"), float("inf")):  # the same rule for a fitted or loaded erasure
+        with pytest.raises(ValueError, match="erase: alpha must be a finite number >= 0"):
+            Erasure({}, bad, {})
     with pytest.raises(ValueError, match="unknown estimator 'qda'"):
         EraseConfig(estimator="qda")
     with pytest.raises(ValueError, match="at least one layer"):

@@ -41,6 +41,11 @@ from vardecouple.subspace import Subspace
 __all__ = ["EraseConfig", "Erasure", "erasing", "fit_erasure", "later_overlaps"]
 
 
+def _alpha_ok(alpha: float) -> bool:
+    """The erasing strength α: a finite number ≥ 0 (1 removes the subspace, 0 nothing)."""
+    return math.isfinite(alpha) and alpha >= 0
+
+
 @dataclass
 class EraseConfig(ProbeConfig):
     """What is erased, where and how strongly: ``alpha`` and the probe settings of
@@ -55,8 +60,9 @@ class EraseConfig(ProbeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ok = math.isfinite(self.alpha) and self.alpha >= 0
-        self.require((ok, f"alpha must be a finite number >= 0, got {self.alpha}"))
+        self.require(
+            (_alpha_ok(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}")
+        )
 
     def at(self, layers: Sequence[int]) -> EraseConfig:
         """The same settings at ``layers``."""
@@ -70,6 +76,10 @@ class Erasure:
     subspaces: Mapping[int, Subspace]
     alpha: float
     log: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not _alpha_ok(self.alpha):
+            raise ValueError(f"erase: alpha must be a finite number >= 0, got {self.alpha}")
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary: layers, α, ranks and the held-out overlaps of the fit."""
@@ -114,8 +124,6 @@ def erasing(
         erasure = Erasure(dict(erasure), 1.0 if alpha is None else alpha, {})
     elif alpha is not None:
         erasure = dataclasses.replace(erasure, alpha=alpha)
-    if not (math.isfinite(erasure.alpha) and erasure.alpha >= 0):
-        raise ValueError(f"erase: alpha must be a finite number >= 0, got {erasure.alpha}")
     blocks = decoder_layers(model)
     bad = [i for i in erasure.subspaces if not 0 <= i < len(blocks)]
     if bad:
