@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from conftest import CORPORA
-from vardecouple.data import format_example, load_corpus, make_splits, tokenize_example
-from vardecouple.decouple import DecouplerConfig, OnlineDecoupler
+from hf_parts import fresh as _fresh
+from hf_parts import make_parts
+from hf_parts import make_trainer as _trainer
+from vardecouple.data import load_corpus
+from vardecouple.decouple import OnlineDecoupler
 from vardecouple.model.load import load_model
 from vardecouple.model.lora import add_lora
 from vardecouple.train.hf import add_decoupling
@@ -20,57 +21,7 @@ pytestmark = pytest.mark.usefixtures("corpora")
 
 @pytest.fixture(scope="module")
 def parts():
-    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    splits = make_splits(
-        [corpus],
-        standard="deu_Latn",
-        varieties=["nds_Latn"],
-        directions="standard<->variety",
-        dev_rows=10,
-        probe_rows=80,
-        seed=0,
-    )
-    loaded = load_model(
-        "tiny-random", corpus_texts=[t for r in corpus.rows[:2000] for t in r.values()]
-    )
-    add_lora(loaded, r=4, alpha=8)
-    features = []
-    for ex in splits.train[:64]:
-        f = tokenize_example(loaded.tokenizer, *format_example(ex), max_length=64)
-        f["low_resource"] = ex.tgt != "deu_Latn"
-        features.append(f)
-    config = DecouplerConfig(
-        refresh_every=3,
-        lam=0.7,
-        tokens="target",
-    )
-    return loaded, splits, features, config
-
-
-def _trainer(loaded, features, tmp_path: Path, steps: int, save_steps: int = 0):
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
-
-    rows = [{k: f[k] for k in ("input_ids", "labels", "low_resource")} for f in features]
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=steps,
-        learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    collator = DataCollatorForSeq2Seq(loaded.tokenizer, label_pad_token_id=-100)
-    return Trainer(
-        model=loaded.model,
-        args=args,
-        train_dataset=rows,
-        data_collator=collator,
-        processing_class=loaded.tokenizer,
-    )
+    return make_parts()
 
 
 def test_trainer_penalty_equals_the_native_loop_on_the_same_batch(parts, tmp_path) -> None:
@@ -105,17 +56,6 @@ def test_trainer_runs_refreshes_on_schedule(parts, tmp_path) -> None:
     assert len(callback.penalties) == 7 and all(p > 0 for p in callback.penalties)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
-
-
-def _fresh(parts):
-    """The fixture's model as it was before any training: same seed, same LoRA init."""
-    _, splits, _, config = parts
-    corpus = load_corpus(CORPORA / "tatoeba-deu-nds")
-    loaded = load_model(
-        "tiny-random", corpus_texts=[t for r in corpus.rows[:2000] for t in r.values()]
-    )
-    add_lora(loaded, r=4, alpha=8)
-    return loaded, OnlineDecoupler(config, splits.probe, loaded.num_layers)
 
 
 def test_a_resumed_trainer_run_continues_the_decoupler_exactly(parts, tmp_path) -> None:

@@ -11,6 +11,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import MINI_CONFIG
+from hf_parts import fresh as _fresh
+from hf_parts import make_parts
+from hf_parts import make_trainer as _trainer
 from vardecouple.cli import main
 from vardecouple.decouple import OnlineDecoupler
 from vardecouple.train.hf import add_decoupling
@@ -67,14 +70,10 @@ def test_an_unknown_tracker_is_one_config_error(tmp_path: Path, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def parts():
-    from test_hf import parts as hf_parts
-
-    return hf_parts.__wrapped__()
+    return make_parts()
 
 
 def test_a_trainer_script_with_report_to_tensorboard_gets_the_penalty(parts, tmp_path) -> None:
-    from test_hf import _fresh, _trainer
-
     features = parts[2]
     loaded, decoupler = _fresh(parts)
     trainer = _trainer(loaded, features, tmp_path, steps=4)
@@ -97,8 +96,6 @@ def test_sft_trainer_penalty_equals_the_native_loop_on_the_same_batch(parts, tmp
     loop's, and a few training steps run with refreshes on schedule."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from test_hf import _fresh
 
     _, splits, features, config = parts
     loaded, decoupler = _fresh(parts)
