@@ -133,3 +133,36 @@ def test_sft_trainer_penalty_equals_the_native_loop_on_the_same_batch(parts, tmp
     trainer2.train()
     assert [r["step"] for r in log.refreshes] == [0] and len(log.penalties) == 3
     assert all(p > 0 for p in log.penalties)
+
+
+def test_a_resumed_native_run_logs_each_step_once_to_tensorboard(tmp_path: Path) -> None:
+    """A run killed after its step-4 checkpoint (at the step-6 refresh) and resumed: the
+    event files (both sittings' files, read together as TensorBoard reads them) hold each
+    step once, with the values of the resumed run's train_log.jsonl."""
+    import os
+    import subprocess
+    import sys
+
+    config = (
+        MINI_CONFIG.replace("[train]\n", '[train]\nreport_to = ["tensorboard"]\n', 1)
+        .replace("steps = 4", "steps = 8")
+        .replace("checkpoint_every = 2", "checkpoint_every = 4")
+        .replace("refresh_every = 2", "refresh_every = 3")
+    )
+    (tmp_path / "c.toml").write_text(config)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vardecouple", "train", str(tmp_path / "c.toml"),
+           "--arm", "decoupled", "--out", str(run)]  # fmt: skip
+    env = os.environ | {"VARDECOUPLE_FAULT": "refresh:3", "OMP_NUM_THREADS": "1"}
+    crashed = subprocess.run(cmd, env=env, capture_output=True, check=False)
+    assert crashed.returncode != 0 and not (run / "train_summary.json").exists()
+    before = _scalars(run / "logs")["penalty"]
+    assert [s for s, _ in before] == [0, 1, 2, 3, 4, 5]  # steps 4, 5 are past the checkpoint
+    env.pop("VARDECOUPLE_FAULT")
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "penalty" in r]
+    got = _scalars(run / "logs")["penalty"]
+    assert [s for s, _ in got] == list(range(8)) == [r["step"] for r in steps]
+    assert [v for _, v in got] == pytest.approx([r["penalty"] for r in steps], rel=1e-6)

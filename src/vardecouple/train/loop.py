@@ -91,6 +91,9 @@ def train(
     run = _Run.start(model, tokenizer, features, decoupler, config, dev_features, out)
     out.mkdir(parents=True, exist_ok=True)
     first_step = run.resume(out) if resume else 0
+    if config.report_to:  # after a resume TensorBoard drops what it logged past the checkpoint
+        purge = {"tensorboard": {"purge_step": first_step}} if first_step else {}
+        run.accelerator.init_trackers("logs", init_kwargs=purge)
     steps, main = config.steps, run.accelerator.is_main_process
     bar = progress_bar(
         total=steps, initial=first_step, desc="train", disable=not progress or not main
@@ -219,8 +222,6 @@ class _Run:
         # the scheduler stays unprepared: accelerate would step it once per process (it
         # assumes each process adds a batch; here the processes share one batch)
         objective, optimizer = accelerator.prepare(objective, optimizer)
-        if config.report_to:
-            accelerator.init_trackers("logs")
         return cls(model, tokenizer, features, decoupler, config, dev_features,
                    accelerator, objective, optimizer, scheduler, params, plan, vocab)  # fmt: skip
 
