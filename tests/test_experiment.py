@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ from conftest import MINI_CORE
 from vardecouple.cli import main
 from vardecouple.experiment import arms
 from vardecouple.experiment import evaluation as experiment
+from vardecouple.experiment import run as run_module
 from vardecouple.experiment.config import ConfigError, load_config
 from vardecouple.experiment.results import validate_results
-from vardecouple.experiment.run import run_experiment
+from vardecouple.experiment.run import run_experiment, run_schedule
 from vardecouple.report import PLOTS, SECTIONS
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -83,6 +85,65 @@ def test_probe_reads_held_out_rows_of_base_and_every_trained_arm(finished: Path)
     report = (out / "report.md").read_text()
     assert "## Probing" in report and "probe/plots/probe_overlap.png" in report
     assert (out / "probe" / "plots" / "probe_overlap.png").stat().st_size > 1000
+
+
+def _numbers(tree: object, prefix: str = "") -> dict[str, float]:
+    """Every number in a JSON tree, by its path."""
+    if isinstance(tree, dict):
+        return {
+            k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{prefix}/{key}").items()
+        }
+    if isinstance(tree, int | float) and not isinstance(tree, bool):
+        return {prefix: float(tree)}
+    return {}
+
+
+def test_adapters_gone_between_arm_seeds_give_the_uninterrupted_run(
+    finished: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """As across sessions that keep results but not adapters: before each arm × seed
+    (but an erase arm), every adapter on disk is deleted. The erase arm runs right after
+    each seed of the arm it erases, each trained arm's first seed is probed right after
+    it is made: the run finishes with the scores and probe of the uninterrupted run.
+    Then, with one probe part and results.json removed, the resumed run lists that arm
+    under ``not_probed`` instead of failing."""
+    (tmp_path / "mini.toml").write_text(MINI)
+    config = load_config(tmp_path / "mini.toml")
+    out, real, order = tmp_path / "out", run_module.evaluate_arm_seed, []
+
+    def forgetful(ctx, arm: str, seed: int) -> None:
+        if not config.arm(arm).erase_on:
+            for adapter in out.glob("runs/*/seed-*/adapter"):
+                shutil.rmtree(adapter)
+        order.append((arm, seed))
+        real(ctx, arm, seed)
+
+    monkeypatch.setattr(run_module, "evaluate_arm_seed", forgetful)
+    run_experiment(config, out, progress=False)
+    assert order == run_schedule(config)
+    assert order[2:6] == [("standard", 0), ("erase", 0), ("standard", 1), ("erase", 1)]
+    assert not list(out.glob("runs/*/seed-*/adapter"))[1:]  # only the last one is left
+    new, old = (json.loads((f / "results.json").read_text()) for f in (out, finished / "out"))
+    assert set(new["runs"]) == set(old["runs"])
+    for arm, seeds in old["runs"].items():
+        for seed, record in seeds.items():
+            assert _numbers(new["runs"][arm][seed]["metrics"]) == _numbers(record["metrics"])
+    probe = json.loads((out / "probe" / "probe.json").read_text())
+    before = json.loads((finished / "out" / "probe" / "probe.json").read_text())
+    assert list(probe["results"]) == ["base", "standard", "decoupled", "random"]
+    assert "not_probed" not in probe
+    got, want = _numbers(probe["results"]), _numbers(before["results"])
+    assert got.keys() == want.keys() and got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # the last arm's probe part is lost with its adapter, and the run is finished again
+    for gone in ("probe/probe.json", "results.json", "report.md"):
+        (out / gone).unlink()
+    shutil.rmtree(out / "probe" / "parts" / "random")
+    shutil.rmtree(out / "runs" / "random" / "seed-1" / "adapter")
+    run_experiment(config, out, progress=False)
+    probe = json.loads((out / "probe" / "probe.json").read_text())
+    assert list(probe["results"]) == ["base", "standard", "decoupled"]
+    assert list(probe["not_probed"]) == ["random"]
+    assert "Not probed: random: its adapter was not on disk" in (out / "report.md").read_text()
 
 
 def test_copy_arm_scores_equal_sacrebleu_on_the_sources(finished: Path) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from conftest import CORPORA
 from vardecouple.analysis.plots import CODE_METRICS, METRICS
+from vardecouple.analysis.probe_file import merge_probes
 from vardecouple.analysis.probing import (
     load_rows,
     model_labels,
@@ -91,6 +92,27 @@ def test_plots_are_pngs(probe) -> None:
     assert sorted(p.name for p in plots.iterdir()) == sorted(f"probe_{m}.png" for m in METRICS)
     for p in plots.iterdir():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parts_probed_apart_merge_into_the_whole_probe(probe, adapter, tmp_path) -> None:
+    """The base and the adapter probed in two calls (as a run probes each adapter when
+    it is made) merge into the numbers of one call; parts of other rows are refused."""
+    kw = {"varieties": VARIETIES, "max_rows": ROWS, "batch_size": 16, "progress": False}
+    base = run_probe("tiny-random", FLORES_DEV, STANDARD, tmp_path / "base", **kw)
+    tuned = run_probe("tiny-random", FLORES_DEV, STANDARD, tmp_path / "arm", adapters=[adapter],
+                      include_base=False, plots=False, **kw)  # fmt: skip
+    assert list(json.loads(tuned.read_text())["results"]) == ["adapter"]
+    assert not (tmp_path / "arm" / "plots").exists()
+    merged = json.loads(merge_probes([base, tuned], tmp_path / "all").read_text())
+    assert merged["results"] == probe["results"] and merged["adapters"] == probe["adapters"]
+    assert (tmp_path / "all" / "plots" / "probe_overlap.png").is_file()
+    fewer = run_probe("tiny-random", FLORES_DEV, STANDARD, tmp_path / "fewer", adapters=[adapter],
+                      include_base=False, plots=False, **kw | {"max_rows": ROWS - 1})  # fmt: skip
+    with pytest.raises(ValueError, match=r"differs from .* in rows"):
+        merge_probes([base, fewer], tmp_path / "bad")
+    with pytest.raises(ValueError, match="probes adapter again"):
+        merge_probes([tuned, tuned], tmp_path / "twice")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "twice").exists()
 
 
 def test_one_forward_states_match_a_direct_computation() -> None:

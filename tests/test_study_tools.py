@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,23 +151,33 @@ def test_plan_lists_the_states_and_the_work_left(mini_run: Path, tmp_path: Path)
                for it in done.values())  # fmt: skip
     assert set(done) == {("copy", 0), ("base", 0), *((a, s) for a in ("standard", "decoupled",
                          "random") for s in (0, 1))}  # fmt: skip
-    # a folder where one arm is trained but not evaluated, one is half-way, the rest new
+    # a folder where one arm is trained but not evaluated, one is half-way, the rest new;
+    # and, as a fresh clone of a committed run has them, one trained arm without its
+    # adapter (trained again from step 0) and one half-way without its checkpoint (ditto)
     partial = tmp_path / "out"
     for arm in ("standard", "decoupled"):
-        (partial / "runs" / arm / "seed-0").mkdir(parents=True)
-    (partial / "runs/standard/seed-0/train_summary.json").write_text("{}")
-    log = partial / "runs/decoupled/seed-0/train_log.jsonl"
-    log.write_text("".join(json.dumps({"step": k, "loss": 1.0}) + "\n" for k in range(3)))
+        for seed in (0, 1):
+            (partial / "runs" / arm / f"seed-{seed}").mkdir(parents=True)
+    for seed in (0, 1):
+        (partial / f"runs/standard/seed-{seed}/train_summary.json").write_text("{}")
+        log = partial / f"runs/decoupled/seed-{seed}/train_log.jsonl"
+        log.write_text("".join(json.dumps({"step": k, "loss": 1.0}) + "\n" for k in range(3)))
+    (partial / "runs/standard/seed-0/adapter").mkdir()
+    (partial / "runs/standard/seed-0/adapter/adapter_config.json").write_text("{}")
+    (partial / "runs/decoupled/seed-0/checkpoint").mkdir()
     items = {(it.arm, it.seed): it for it in plan_run(config, partial)}
     n = 20 * 2  # test rows × directions
     assert items[("standard", 0)].state == "trained"
     assert (items[("standard", 0)].steps_left, items[("standard", 0)].sentences_left) == (0, n)
+    assert items[("standard", 1)].state == "adapter gone: retrain"
+    assert (items[("standard", 1)].steps_left, items[("standard", 1)].sentences_left) == (4, n)
     assert items[("decoupled", 0)].state == "training (3/4)"
     assert items[("decoupled", 0)].steps_left == 1
+    assert (items[("decoupled", 1)].state, items[("decoupled", 1)].steps_left) == ("to do", 4)
     assert (items[("random", 1)].steps_left, items[("random", 1)].sentences_left) == (4, n)
     assert items[("base", 0)].sentences_left == 7 * 2 and items[("copy", 0)].sentences_left == 0
     text = format_plan(list(items.values()), measured_rates(mini_run / "out"))
-    steps = 4 * 6 - 4 - 3
+    steps = 4 * 6 - 4 - 3  # standard seed 0 trained, decoupled seed 0 at step 3 of 4
     sentences = n * 6 + 7 * 2  # every trained arm × seed (none evaluated) and base
     assert f"{steps} training steps, {sentences} sentences to decode" in text
     rates = measured_rates(mini_run / "out")
@@ -175,6 +186,38 @@ def test_plan_lists_the_states_and_the_work_left(mini_run: Path, tmp_path: Path)
     assert "estimate: unknown: no s per training step and no s per decoded sentence" in (
         format_plan(list(items.values()), measured_rates(tmp_path / "nothing"))
     )
+
+
+def test_a_trained_arm_whose_adapter_is_gone_is_trained_again_to_the_same_result(
+    mini_run: Path, tmp_path: Path, capsys
+) -> None:
+    """A committed run folder keeps no adapters: an arm × seed trained but not evaluated
+    when its session ended has a training summary and no adapter in the next. The run
+    trains it again from step 0, with one line saying so: the same log and scores as
+    the first time (the training is deterministic); the finished arms are kept."""
+    out = tmp_path / "out"
+    shutil.copytree(mini_run / "out", out)
+    unit = out / "runs" / "decoupled" / "seed-1"
+    for gone in (out / "results.json", out / "report.md", unit / "eval.json"):
+        gone.unlink()
+    shutil.rmtree(unit / "adapter")
+    (unit / "hypotheses" / "deu_Latn->nds_Latn.txt").write_text("from the lost adapter\n")
+    kept = (out / "runs" / "standard" / "seed-1" / "eval.json").read_bytes()
+    run_experiment(load_config(mini_run / "c.toml"), out, progress=True)
+    err = capsys.readouterr().err
+    assert "run: decoupled seed 1: trained earlier but " in err and "training it again" in err
+    assert (out / "runs" / "standard" / "seed-1" / "eval.json").read_bytes() == kept
+    first = mini_run / "out" / "runs" / "decoupled" / "seed-1"
+
+    def log(folder: Path) -> list[dict]:
+        lines = (folder / "train_log.jsonl").read_text().splitlines()
+        timing = ("seconds", "_per_s")
+        return [{k: v for k, v in json.loads(x).items() if not any(t in k for t in timing)}
+                for x in lines]  # fmt: skip
+
+    assert log(unit) == log(first)
+    again, before = (json.loads((f / "eval.json").read_text())["metrics"] for f in (unit, first))
+    assert again == before
 
 
 def test_run_plan_writes_nothing_and_rates_from_needs_plan(mini_run: Path, tmp_path: Path) -> None:

@@ -37,7 +37,6 @@ Each layer's entry ``"all"`` holds the four code metrics of the ``K``-class labe
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -60,9 +59,9 @@ from vardecouple.analysis.geometry import (
     pca_subspace,
     subspace_angles,
 )
-from vardecouple.analysis.plots import CODE_METRICS, plot_probe
+from vardecouple.analysis.plots import CODE_METRICS
+from vardecouple.analysis.probe_file import SCHEMA, write_probe
 from vardecouple.data import load_corpus
-from vardecouple.io import write_atomic
 from vardecouple.model.load import load_model
 from vardecouple.model.states import StopForward, capture, decoder_body
 from vardecouple.progress import progress as progress_bar
@@ -78,9 +77,6 @@ __all__ = [
     "run_probe",
     "sentence_states",
 ]
-
-
-SCHEMA = "vardecouple.probe/1"
 
 
 def parse_layers(spec: str | Sequence[int], num_layers: int | None, model: str = "") -> list[int]:
@@ -264,9 +260,15 @@ def run_probe(
     loader: Callable[[], Any] | None = None,
     labels: Sequence[str] | None = None,
     subspaces: Mapping[int, Subspace] | None = None,
+    include_base: bool = True,
+    plots: bool = True,
 ) -> Path:
     """Probe the base ``model``, then each adapter on a freshly loaded base; write
     ``out/probe.json`` and ``out/plots/probe_<metric>.png``; return the JSON's path.
+
+    ``include_base=False`` probes the adapters only and ``plots=False`` draws nothing: a
+    part of a probe that :func:`merge_probes` completes later (a run probes each arm's
+    adapter as soon as it is trained, since adapters do not outlive a session's folder).
 
     ``varieties`` defaults to every code but the standard; an adapter given twice is
     probed once. Bad input is a one-line ValueError; an existing ``out/probe.json`` a
@@ -295,7 +297,10 @@ def run_probe(
     if labels is not None and (len(labels) != len(unique) or len(set(labels)) < len(labels)):
         raise ValueError(f"probe: {len(unique)} adapters need as many distinct labels")
     names = list(labels) if labels is not None else model_labels(unique)
-    runs = [("base", None), *zip(names, unique, strict=True)]
+    runs = [("base", None)] if include_base else []
+    runs += list(zip(names, unique, strict=True))
+    if not runs:
+        raise ValueError("probe: nothing to probe (no adapters and include_base=False)")
     results: dict[str, Any] = {}
     timing: dict[str, dict[str, float]] = {}
 
@@ -335,7 +340,7 @@ def run_probe(
     data = {
         "schema": SCHEMA,
         "model": str(Path(model).resolve()) if Path(model).exists() else model,
-        "adapters": {label: path for label, path in runs[1:]},
+        "adapters": {label: path for label, path in runs if path is not None},
         "corpus": str(Path(corpus).resolve()),
         "standard": standard,
         "varieties": codes[1:],
@@ -348,10 +353,4 @@ def run_probe(
         "timing": timing,
         "results": results,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    plot_probe(data, target.parent / "plots")
-    if target.exists():
-        raise FileExistsError(f"probe: {target} appeared while probing; not overwritten")
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    write_atomic(target, lambda t: Path(t).write_text(text, encoding="utf-8"))
-    return target
+    return write_probe(data, target, plots=plots)

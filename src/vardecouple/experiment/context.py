@@ -25,7 +25,7 @@ from vardecouple.experiment.arms import (
 )
 from vardecouple.experiment.config import ExperimentConfig
 
-__all__ = ["check_inputs", "decode_config"]
+__all__ = ["adapter_dir", "check_inputs", "decode_config", "has_adapter"]
 
 
 def check_inputs(config: ExperimentConfig, *, load: bool = True) -> RunContext:
@@ -54,14 +54,25 @@ def comet_checkpoint(config: ExperimentConfig, check_package: bool = False) -> P
     return path
 
 
+def adapter_dir(config: ExperimentConfig, run_dir: Path) -> Path:
+    """The adapter a trained arm × seed is evaluated with (``best-adapter/`` under
+    ``eval.checkpoint = "best-dev"``)."""
+    return run_dir / ("best-adapter" if config.eval.checkpoint == "best-dev" else "adapter")
+
+
+def has_adapter(config: ExperimentConfig, run_dir: Path) -> bool:
+    """Whether that adapter is on disk (a committed run folder keeps none)."""
+    return (adapter_dir(config, run_dir) / "adapter_config.json").is_file()
+
+
 def load_trained(config: ExperimentConfig, splits: Splits, run_dir: Path) -> tuple[Any, Any]:
     """The base model with the arm's evaluated adapter (final or best on dev) loaded."""
 
-    name = "best-adapter" if config.eval.checkpoint == "best-dev" else "adapter"
-    if not (run_dir / name / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"run: {run_dir / name} is missing; train the arm again")
+    adapter = adapter_dir(config, run_dir)
+    if not has_adapter(config, run_dir):
+        raise FileNotFoundError(f"run: {adapter} is missing; train the arm again")
     loaded = load_base(config, splits)
-    return PeftModel.from_pretrained(loaded.model, run_dir / name), loaded.tokenizer
+    return PeftModel.from_pretrained(loaded.model, adapter), loaded.tokenizer
 
 
 @dataclass

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,8 +39,10 @@ from vardecouple.experiment.arms import load_base, prepare_data, train_arm
 from vardecouple.experiment.config import ExperimentConfig
 from vardecouple.experiment.context import (
     RunContext,
+    adapter_dir,
     comet_checkpoint,
     decode_config,
+    has_adapter,
     load_trained,
     shortlists_for,
 )
@@ -103,6 +107,16 @@ def _base(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) -> 
 def _train(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) -> Hypotheses:
     """``train``: the arm fine-tuned with this seed (matched λ from its target's log)."""
     config = ctx.config
+    if (run_dir / "train_summary.json").exists() and not has_adapter(config, run_dir):
+        # trained in a session whose adapters were not kept (only finished results are):
+        # nothing of it can be evaluated, so it is trained again from the start
+        print(
+            f"run: {arm} seed {seed}: trained earlier but {adapter_dir(config, run_dir)} is "
+            "gone; training it again",
+            file=sys.stderr,
+            flush=True,
+        )
+        shutil.rmtree(run_dir)
     if (run_dir / "train_summary.json").exists():
         model, tokenizer = load_trained(config, ctx.splits, run_dir)
     else:
@@ -141,6 +155,12 @@ def _erase(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) ->
     on = ctx.config.arm(arm).erase_on
     if on:
         source = ctx.out / "runs" / str(on) / f"seed-{seed}"
+        if not has_adapter(ctx.config, source):
+            raise FileNotFoundError(
+                f"run: {arm} seed {seed} erases {adapter_dir(ctx.config, source)}, which is "
+                f"gone (a run runs it right after {on} seed {seed}; adapters are not kept "
+                f"with results): run {on} seed {seed} again in another folder"
+            )
         model, tokenizer = load_trained(ctx.config, ctx.splits, source)
     else:
         ctx.base = ctx.base or load_base(ctx.config, ctx.splits)

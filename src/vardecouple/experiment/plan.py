@@ -21,8 +21,10 @@ from typing import Any
 from vardecouple.evaluate.scoring import test_sets
 from vardecouple.experiment.arms import prepare_data
 from vardecouple.experiment.config import ExperimentConfig
+from vardecouple.experiment.context import has_adapter
 from vardecouple.experiment.evaluation import arm_tests
-from vardecouple.experiment.run import arm_order, arm_seeds
+from vardecouple.experiment.run import run_schedule
+from vardecouple.train.checkpoint import has_checkpoint
 
 __all__ = ["PlanItem", "Rates", "format_plan", "measured_rates", "plan_run"]
 
@@ -44,7 +46,7 @@ class PlanItem:
     arm: str
     seed: int
     kind: str
-    state: str  # done, trained, training, to do
+    state: str  # done, trained, trained (adapter gone), training (k/N), to do
     steps_left: int
     sentences_left: int
 
@@ -87,30 +89,33 @@ def plan_run(config: ExperimentConfig, out: str | Path) -> list[PlanItem]:
     folder = Path(out)
     tests = test_sets(prepare_data(config), config.eval.max_examples, config.eval_directions())
     items = []
-    for arm in arm_order(config):
+    for arm, seed in run_schedule(config):
         settings = config.arm(arm)
         rows = sum(len(r) for r in arm_tests(config, arm, tests).values())
         sentences = 0 if settings.kind == "copy" else rows
-        for seed in arm_seeds(config, arm):
-            run_dir = folder / "runs" / arm / f"seed-{seed}"
-            steps = config.train.steps if settings.kind == "train" else 0
-            done = _steps_done(run_dir) if steps else 0
-            if (run_dir / "eval.json").exists():
-                state, steps, sentences_left = "done", 0, 0
-            elif steps and (run_dir / "train_summary.json").exists():
+        run_dir = folder / "runs" / arm / f"seed-{seed}"
+        steps = config.train.steps if settings.kind == "train" else 0
+        done = _steps_done(run_dir) if steps else 0
+        if (run_dir / "eval.json").exists():
+            state, steps, sentences_left = "done", 0, 0
+        elif steps and (run_dir / "train_summary.json").exists():
+            if has_adapter(config, run_dir):
                 state, steps, sentences_left = "trained", 0, sentences
-            elif done:
-                state, steps, sentences_left = f"training ({done}/{steps})", steps - done, sentences
-            else:
-                state, sentences_left = "to do", sentences
-            items.append(PlanItem(arm, seed, settings.kind, state, steps, sentences_left))
+            else:  # the run trains it again (its adapter was not kept)
+                state, sentences_left = "adapter gone: retrain", sentences
+        elif done:
+            state, steps, sentences_left = f"training ({done}/{steps})", steps - done, sentences
+        else:
+            state, sentences_left = "to do", sentences
+        items.append(PlanItem(arm, seed, settings.kind, state, steps, sentences_left))
     return items
 
 
 def _steps_done(run_dir: Path) -> int:
-    """Steps a started arm has logged (a resume redoes those after its last checkpoint)."""
+    """Steps a started arm has logged (a resume redoes those after its last checkpoint;
+    without one, as in a folder copied without its ``checkpoint/``, it starts again)."""
     log = run_dir / "train_log.jsonl"
-    if not log.exists():
+    if not log.exists() or not has_checkpoint(run_dir / "checkpoint"):
         return 0
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     return max((r["step"] + 1 for r in records if "loss" in r), default=0)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vardecouple import __version__
+from vardecouple.analysis.probe_file import merge_probes
 from vardecouple.analysis.probing import run_probe
 from vardecouple.data import Splits
 from vardecouple.evaluate.metrics import signatures
@@ -27,7 +28,7 @@ from vardecouple.experiment.arms import (
     load_base,
 )
 from vardecouple.experiment.config import ExperimentConfig, matches_recorded
-from vardecouple.experiment.context import RunContext, check_inputs
+from vardecouple.experiment.context import RunContext, adapter_dir, check_inputs, has_adapter
 from vardecouple.experiment.evaluation import arm_tests, evaluate_arm_seed
 from vardecouple.experiment.jobs import run_parallel
 from vardecouple.experiment.results import (
@@ -40,7 +41,15 @@ from vardecouple.experiment.results import (
 from vardecouple.io import write_json_atomic, write_lines_atomic, write_text_atomic
 from vardecouple.report import write_report
 
-__all__ = ["arm_order", "arm_seeds", "held_out_rows", "run_experiment", "run_state"]
+__all__ = [
+    "arm_order",
+    "arm_seeds",
+    "held_out_rows",
+    "run_experiment",
+    "run_schedule",
+    "run_state",
+    "schedule_of",
+]
 
 
 def arm_order(config: ExperimentConfig) -> list[str]:
@@ -53,6 +62,25 @@ def arm_order(config: ExperimentConfig) -> list[str]:
     ]
     matched = [a for a in names if config.arm(a).kind == "train" and a not in plain]
     return fixed + plain + matched + [a for a in names if config.arm(a).kind == "erase"]
+
+
+def schedule_of(config: ExperimentConfig, arm: str) -> list[tuple[str, int]]:
+    """The arm × seed units of ``arm`` in the order a run makes them: each seed, followed
+    by that seed of every erase arm that reads this arm's adapters (``erase_on``)."""
+    erasing = [a for a in arm_order(config) if config.arm(a).erase_on == arm]
+    return [
+        unit
+        for seed in arm_seeds(config, arm)
+        for unit in [(arm, seed), *((e, seed) for e in erasing if seed in arm_seeds(config, e))]
+    ]
+
+
+def run_schedule(config: ExperimentConfig) -> list[tuple[str, int]]:
+    """Every arm × seed of ``config`` in the order :func:`run_experiment` makes them."""
+    return [
+        unit for arm in arm_order(config) if not config.arm(arm).erase_on
+        for unit in schedule_of(config, arm)
+    ]  # fmt: skip
 
 
 def arm_seeds(config: ExperimentConfig, arm: str) -> list[int]:
@@ -124,19 +152,26 @@ def run_experiment(
         if (out / "runs" / a / f"seed-{s}" / "eval.json").exists()
     ]  # fmt: skip
     say = _reporter(out, progress, total, len(done))
+    attached = {a for a in order if config.arm(a).erase_on}
     say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
     for arm in order:
-        settings = config.arm(arm)
+        if arm in attached:
+            continue  # evaluated with each seed of the arm whose adapters it erases
         seeds = arm_seeds(config, arm)
         todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
-        if jobs > 1 and settings.kind == "train" and len(todo) > 1:
+        if jobs > 1 and config.arm(arm).kind == "train" and len(todo) > 1:
             say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
             run_parallel(config, out, arm, todo, jobs, on_done=lambda seed, a=arm: say(a, seed))
-        else:
-            for seed in todo:
-                evaluate_arm_seed(context, arm, seed)
-                say(arm, seed)
-        for seed in seeds:
+        # what needs this arm's adapters comes right after each seed: adapters are not
+        # kept with a run's results, so a later session may not find them
+        for unit, seed in schedule_of(config, arm):
+            if not (out / "runs" / unit / f"seed-{seed}" / "eval.json").exists():
+                evaluate_arm_seed(context, unit, seed)
+                say(unit, seed)
+            if unit == arm and config.probe is not None and seed == config.train.seeds[0]:
+                _probe_part(config, context, out, arm)
+    for arm in order:
+        for seed in arm_seeds(config, arm):
             finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
             runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
     context.base = None
@@ -237,13 +272,10 @@ def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
     return {c: [r[c] for r in rows] for c in codes}
 
 
-def _probe(config: ExperimentConfig, ctx: RunContext, out: Path) -> Path:
-    """``vardecouple probe`` of base + each trained arm's first seed on held-out rows."""
-
-    folder, p = out / "probe", config.probe
+def _probe_rows(config: ExperimentConfig, ctx: RunContext, out: Path) -> int:
+    """Write the held-out rows the probe reads (``probe/rows/CODE.txt``); their count."""
+    p = config.probe
     assert p is not None
-    if (folder / "probe.json").exists():
-        return folder / "probe.json"  # resumed: already probed
     codes = [config.data.standard, *config.data.varieties]
     rows = held_out_rows(ctx.splits, codes)
     n = min(len(rows[codes[0]]), p.max_rows)
@@ -253,18 +285,31 @@ def _probe(config: ExperimentConfig, ctx: RunContext, out: Path) -> Path:
             f"every variety; the dev and test splits have {n}; raise data.test_rows"
         )
     for code, lines in rows.items():
-        write_lines_atomic(folder / "rows" / f"{code}.txt", lines[:n])
-    seed = config.train.seeds[0]
-    name = "best-adapter" if config.eval.checkpoint == "best-dev" else "adapter"
-    arms = [a for a in arm_order(config) if config.arm(a).kind == "train"]
-    adapters = [out / "runs" / arm / f"seed-{seed}" / name for arm in arms]
+        write_lines_atomic(out / "probe" / "rows" / f"{code}.txt", lines[:n])
+    return n
+
+
+def _probe_part(
+    config: ExperimentConfig, ctx: RunContext, out: Path, arm: str | None
+) -> Path | None:
+    """``vardecouple probe`` of one trained arm's first-seed adapter (``arm=None``: of the
+    base model) into ``probe/parts/NAME/probe.json``; None when its adapter is gone."""
+    p = config.probe
+    assert p is not None
+    target = out / "probe" / "parts" / (arm or "base") / "probe.json"
+    if target.exists():
+        return target
+    adapter = adapter_dir(config, out / "runs" / str(arm) / f"seed-{config.train.seeds[0]}")
+    if arm is not None and not has_adapter(config, adapter.parent):
+        return None
+    n = _probe_rows(config, ctx, out)
     return run_probe(
         config.model.spec,
-        folder / "rows",
+        out / "probe" / "rows",
         config.data.standard,
-        folder,
+        target.parent,
         varieties=config.data.varieties,
-        adapters=adapters,
+        adapters=[adapter] if arm else [],
         layers=p.layers,
         max_rows=n,
         rank=p.rank,
@@ -273,8 +318,29 @@ def _probe(config: ExperimentConfig, ctx: RunContext, out: Path) -> Path:
         seed=p.seed,
         progress=ctx.progress,
         loader=lambda: load_base(config, ctx.splits),
-        labels=arms,
+        labels=[arm] if arm else None,
+        include_base=arm is None,
+        plots=False,
     )
+
+
+def _probe(config: ExperimentConfig, ctx: RunContext, out: Path) -> Path:
+    """``probe/probe.json``: the base model and each trained arm's first seed on held-out
+    rows, merged from the parts probed as each adapter was made (an arm whose adapter is
+    gone and was not probed is listed under ``not_probed``)."""
+    folder = out / "probe"
+    if (folder / "probe.json").exists():
+        return folder / "probe.json"  # resumed: already probed
+    arms = [a for a in arm_order(config) if config.arm(a).kind == "train"]
+    parts = {a: _probe_part(config, ctx, out, a) for a in [None, *arms]}
+    missing = {
+        str(a): "its adapter was not on disk when the run finished (trained in an earlier "
+        "session whose adapters were not kept)"
+        for a, part in parts.items() if part is None
+    }  # fmt: skip
+    for arm in missing:
+        print(f"run: probe: {arm} not probed: {missing[arm]}", file=sys.stderr, flush=True)
+    return merge_probes([p for p in parts.values() if p is not None], folder, not_probed=missing)
 
 
 def _reporter(out: Path, progress: bool, total: int, done: int) -> Any:

@@ -313,6 +313,7 @@ def _probing(run: RunView) -> list[str]:
         "",
     ]
     out += [f"![{m}]({folder}/plots/probe_{m}.png)" for m in PROBE_PLOTS] + [""]
+    out += [f"Not probed: {arm}: {why}." for arm, why in data.get("not_probed", {}).items()]
     rows = []
     for model, layers in data["results"].items():
         for la, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
