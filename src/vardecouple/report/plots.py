@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,62 +153,81 @@ def plot_deltas(run: RunView, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_overlap_step(run: RunView, path: Path) -> None:
-    curves = {a: run.curves(a) for a in run.trained()}
-    curves = {a: c for a, c in curves.items() if c}
+def _per_layer_curves(
+    run: RunView,
+    curves: dict[str, dict],
+    points: Callable[[Any, str], list[tuple[float, float]]],
+    styles: list[tuple[str, str, str]],
+    *,
+    ylabel: str,
+    empty: str,
+    title: str,
+    path: Path,
+) -> None:
+    """One subplot per layer, one colour per arm, one line style per series: for each
+    ``(key, linestyle, legend label)`` of ``styles``, ``points(curve of one layer, key)``
+    gives the (step, value) points drawn."""
     layers = sorted({la for c in curves.values() for la in c}, key=layer_key)
     fig = Figure(figsize=(max(7.0, 4.2 * min(len(layers), 3) + 2), 4.2), layout="constrained")
     axes = fig.subplots(1, max(len(layers), 1), sharey=True, squeeze=False)[0]
     if not layers:
-        _empty(axes[0], "no refresh records in the train logs")
+        _empty(axes[0], empty)
     for ax, layer in zip(axes, layers, strict=False):
         for arm, c in curves.items():
-            steps = sorted(c.get(layer, {}))
-            for varieties, ls in ((run.varieties, "-"), ([run.standard], "--")):
-                pts = [(s, run.ovl(c[layer][s], varieties)) for s in steps]
-                pts = [p for p in pts if p[1] is not None]
+            for key, ls, _ in styles:
+                pts = points(c.get(layer, {}), key)
                 if pts:
                     ax.plot(*zip(*pts, strict=True), ls=ls, marker="o", ms=3, color=run.colors[arm])
-        ax.set(title=f"layer {layer}", xlabel="training step", ylabel="reference overlap")
+        ax.set(title=f"layer {layer}", xlabel="training step", ylabel=ylabel)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=run.colors[a], label=a) for a in curves]
-    handles += [
-        Line2D([], [], color="grey", label="low-resource (mean)"),
-        Line2D([], [], color="grey", ls="--", label=f"standard ({run.standard})"),
-    ]
+    handles += [Line2D([], [], color="grey", ls=ls, label=label) for _, ls, label in styles]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5))
-    fig.suptitle("Overlap with the frozen reference subspace U₀ during training (mean over seeds)")
+    fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_overlap_step(run: RunView, path: Path) -> None:
+    """Per layer, each trained arm's reference overlap of the low-resource varieties
+    (solid, mean) and of the standard (dashed) at each refresh, mean over seeds."""
+    curves = {a: run.curves(a) for a in run.trained()}
+    groups = {"low": run.varieties, "standard": [run.standard]}
+
+    def points(curve: dict, key: str) -> list[tuple[float, float]]:
+        pts = [(s, run.ovl(curve[s], groups[key])) for s in sorted(curve)]
+        return [p for p in pts if p[1] is not None]
+
+    _per_layer_curves(
+        run,
+        {a: c for a, c in curves.items() if c},
+        points,
+        [("low", "-", "low-resource (mean)"), ("standard", "--", f"standard ({run.standard})")],
+        ylabel="reference overlap",
+        empty="no refresh records in the train logs",
+        title="Overlap with the frozen reference subspace U₀ during training (mean over seeds)",
+        path=path,
+    )
 
 
 def plot_held_out_penalty(run: RunView, path: Path) -> None:
     """Per layer, each trained arm's held-out penalty under U₀ (solid) and under the U it
     was trained against until each refresh (dotted), mean over seeds."""
     curves = {a: run.curves(a, "held_out_penalty") for a in run.trained()}
-    curves = {a: c for a, c in curves.items() if any(c.values())}
-    layers = sorted({la for c in curves.values() for la in c}, key=layer_key)
-    fig = Figure(figsize=(max(7.0, 4.2 * min(len(layers), 3) + 2), 4.2), layout="constrained")
-    axes = fig.subplots(1, max(len(layers), 1), sharey=True, squeeze=False)[0]
-    if not layers:
-        _empty(axes[0], "no held-out penalty in the train logs")
-    for ax, layer in zip(axes, layers, strict=False):
-        for arm, c in curves.items():
-            steps = sorted(c.get(layer, {}))
-            for key, ls in (("reference", "-"), ("previous", ":")):
-                pts = [(s, np.mean([t[key] for t in c[layer][s] if key in t]))
-                       for s in steps if any(key in t for t in c[layer][s])]  # fmt: skip
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), ls=ls, marker="o", ms=3, color=run.colors[arm])
-        ax.set(title=f"layer {layer}", xlabel="training step", ylabel="held-out penalty")
-        ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=run.colors[a], label=a) for a in curves]
-    handles += [
-        Line2D([], [], color="grey", label="under U₀ (frozen)"),
-        Line2D([], [], color="grey", ls=":", label="under the U trained against"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5))
-    fig.suptitle("The penalty on held-out probe tokens at each refresh (mean over seeds)")
-    _save(fig, path)
+
+    def points(curve: dict, key: str) -> list[tuple[float, float]]:
+        return [(s, float(np.mean([t[key] for t in curve[s] if key in t])))
+                for s in sorted(curve) if any(key in t for t in curve[s])]  # fmt: skip
+
+    _per_layer_curves(
+        run,
+        {a: c for a, c in curves.items() if any(c.values())},
+        points,
+        [("reference", "-", "under U₀ (frozen)"), ("previous", ":", "under the U trained against")],
+        ylabel="held-out penalty",
+        empty="no held-out penalty in the train logs",
+        title="The penalty on held-out probe tokens at each refresh (mean over seeds)",
+        path=path,
+    )
 
 
 def plot_overlap_layer(run: RunView, path: Path) -> None:
