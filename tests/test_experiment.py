@@ -104,9 +104,10 @@ def test_adapters_gone_between_arm_seeds_give_the_uninterrupted_run(
     """As across sessions that keep results but not adapters: before each arm × seed
     (but an erase arm), every adapter on disk is deleted. The erase arm runs right after
     each seed of the arm it erases, each trained arm's first seed is probed right after
-    it is made: the run finishes with the scores and probe of the uninterrupted run.
-    Then, with one probe part and results.json removed, the resumed run lists that arm
-    under ``not_probed`` instead of failing."""
+    it is made: the run (``--order seed``, every arm with seed 0 first) finishes with the
+    scores and probe of the uninterrupted run made in arm order. Then, with one probe
+    part and results.json removed, the resumed run lists that arm under ``not_probed``
+    instead of failing."""
     (tmp_path / "mini.toml").write_text(MINI)
     config = load_config(tmp_path / "mini.toml")
     out, real, order = tmp_path / "out", run_module.evaluate_arm_seed, []
@@ -119,9 +120,11 @@ def test_adapters_gone_between_arm_seeds_give_the_uninterrupted_run(
         real(ctx, arm, seed)
 
     monkeypatch.setattr(run_module, "evaluate_arm_seed", forgetful)
-    run_experiment(config, out, progress=False)
-    assert order == run_schedule(config)
-    assert order[2:6] == [("standard", 0), ("erase", 0), ("standard", 1), ("erase", 1)]
+    run_experiment(config, out, progress=False, order_by="seed")
+    assert order == run_schedule(config, "seed")
+    assert order == [("copy", 0), ("base", 0), ("standard", 0), ("erase", 0), ("decoupled", 0),
+                     ("random", 0), ("standard", 1), ("erase", 1), ("decoupled", 1),
+                     ("random", 1)]  # fmt: skip
     assert not list(out.glob("runs/*/seed-*/adapter"))[1:]  # only the last one is left
     new, old = (json.loads((f / "results.json").read_text()) for f in (out, finished / "out"))
     assert set(new["runs"]) == set(old["runs"])
@@ -139,11 +142,19 @@ def test_adapters_gone_between_arm_seeds_give_the_uninterrupted_run(
         (out / gone).unlink()
     shutil.rmtree(out / "probe" / "parts" / "random")
     shutil.rmtree(out / "runs" / "random" / "seed-1" / "adapter")
-    run_experiment(config, out, progress=False)
+    run_experiment(config, out, progress=False, order_by="seed")
     probe = json.loads((out / "probe" / "probe.json").read_text())
     assert list(probe["results"]) == ["base", "standard", "decoupled"]
     assert list(probe["not_probed"]) == ["random"]
     assert "Not probed: random: its adapter was not on disk" in (out / "report.md").read_text()
+
+
+def test_the_arm_order_puts_each_erase_seed_right_after_its_arm_seed(tmp_path: Path) -> None:
+    (tmp_path / "mini.toml").write_text(MINI)
+    assert run_schedule(load_config(tmp_path / "mini.toml")) == [
+        ("copy", 0), ("base", 0), ("standard", 0), ("erase", 0), ("standard", 1), ("erase", 1),
+        ("decoupled", 0), ("decoupled", 1), ("random", 0), ("random", 1),
+    ]  # fmt: skip
 
 
 def test_copy_arm_scores_equal_sacrebleu_on_the_sources(finished: Path) -> None:

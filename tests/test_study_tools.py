@@ -233,6 +233,13 @@ def test_run_plan_writes_nothing_and_rates_from_needs_plan(mini_run: Path, tmp_p
     bad = cli("run", config, "--out", str(new), "--rates-from", str(mini_run / "out"))
     assert bad.returncode == 2 and bad.stderr.strip().endswith("--rates-from goes with --plan")
     assert len(bad.stderr.strip().splitlines()) == 1 and not new.exists()
+    by_seed = cli("run", config, "--out", str(new), "--plan", "--order", "seed")
+    units = [" ".join(line.split()[:2]) for line in by_seed.stdout.splitlines()[1:9]]
+    assert units == ["copy 0", "base 0", "standard 0", "decoupled 0", "random 0", "standard 1",
+                     "decoupled 1", "random 1"]  # fmt: skip
+    both = cli("run", config, "--out", str(new), "--order", "seed", "--jobs", "2")
+    assert both.returncode == 2 and both.stderr.strip().endswith("it goes with --order arm")
+    assert len(both.stderr.strip().splitlines()) == 1 and not new.exists()
 
 
 def test_mechanism_chance_scale_and_held_out_penalty_in_results_and_report(mini_run: Path) -> None:

@@ -138,7 +138,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         run_state(config, args.out)  # a folder of another config is refused, as a run would
         rates = measured_rates(args.rates_from if args.rates_from is not None else args.out)
-        print(format_plan(plan_run(config, args.out), rates))
+        print(format_plan(plan_run(config, args.out, order_by=args.order), rates))
         return 0
     try:
         state = run_state(config, args.out)
@@ -156,6 +156,7 @@ def run_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=True,
         jobs=args.jobs,
+        order_by=args.order,
     )
     print(f"results: {results}\nreport:  {results.parent / 'report.md'}")
     return 0

@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the seeds of an arm in this many processes at once (default 1)",
     )
     r.add_argument(
+        "--order",
+        choices=("arm", "seed"),
+        default="arm",
+        help="make every seed of one arm before the next arm (arm, the default), or every "
+        "arm with one seed before the next seed (seed: a run stopped part-way then has "
+        "every comparison on its first seeds); the numbers are the same",
+    )
+    r.add_argument(
         "--plan",
         action="store_true",
         help="print what is left to do and how long it should take; run nothing, write nothing",

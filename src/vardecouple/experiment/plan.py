@@ -83,13 +83,14 @@ def _scored(run_dir: Path, direction: str, metrics: dict[str, Any]) -> int:
     return path.read_text(encoding="utf-8").count("\n") if path.exists() else 0
 
 
-def plan_run(config: ExperimentConfig, out: str | Path) -> list[PlanItem]:
-    """Every arm × seed of ``config`` in the order ``run`` makes them, with its state in
-    the run folder ``out`` and the training steps and sentences it still needs."""
+def plan_run(config: ExperimentConfig, out: str | Path, order_by: str = "arm") -> list[PlanItem]:
+    """Every arm × seed of ``config`` in the order ``run --order ORDER_BY`` makes them,
+    with its state in the run folder ``out`` and the training steps and sentences it
+    still needs."""
     folder = Path(out)
     tests = test_sets(prepare_data(config), config.eval.max_examples, config.eval_directions())
     items = []
-    for arm, seed in run_schedule(config):
+    for arm, seed in run_schedule(config, order_by):
         settings = config.arm(arm)
         rows = sum(len(r) for r in arm_tests(config, arm, tests).values())
         sentences = 0 if settings.kind == "copy" else rows

@@ -42,6 +42,7 @@ from vardecouple.io import write_json_atomic, write_lines_atomic, write_text_ato
 from vardecouple.report import write_report
 
 __all__ = [
+    "ORDERS",
     "arm_order",
     "arm_seeds",
     "held_out_rows",
@@ -75,11 +76,22 @@ def schedule_of(config: ExperimentConfig, arm: str) -> list[tuple[str, int]]:
     ]
 
 
-def run_schedule(config: ExperimentConfig) -> list[tuple[str, int]]:
+#: How a run orders its arm × seed results: every seed of one arm, then the next arm
+#: (``arm``), or every arm with one seed, then the next seed (``seed``: a run stopped
+#: part-way has every comparison on its first seeds). Either gives the same numbers.
+ORDERS = ("arm", "seed")
+
+
+def run_schedule(config: ExperimentConfig, order: str = "arm") -> list[tuple[str, int]]:
     """Every arm × seed of ``config`` in the order :func:`run_experiment` makes them."""
+    if order not in ORDERS:
+        raise ValueError(f"run: order {order!r} is not one of {', '.join(ORDERS)}")
+    arms = [a for a in arm_order(config) if not config.arm(a).erase_on]
+    if order == "arm":
+        return [unit for arm in arms for unit in schedule_of(config, arm)]
     return [
-        unit for arm in arm_order(config) if not config.arm(arm).erase_on
-        for unit in schedule_of(config, arm)
+        unit for seed in config.train.seeds for arm in arms
+        for unit in schedule_of(config, arm) if unit[1] == seed
     ]  # fmt: skip
 
 
@@ -99,6 +111,7 @@ def run_experiment(
     overwrite: bool = False,
     progress: bool = True,
     jobs: int = 1,
+    order_by: str = "arm",
 ) -> Path:
     """Train and evaluate every arm × seed; write ``results.json`` and ``report.md``.
 
@@ -106,9 +119,15 @@ def run_experiment(
     one resumes from its checkpoint; hypotheses already decoded are read back.
     ``jobs > 1`` trains the seeds of an arm in that many processes at once (each with
     ``torch threads / jobs`` threads); the numbers are those of a sequential run.
+    ``order_by``: one of :data:`ORDERS` (:func:`run_schedule`).
     """
     if jobs < 1:
         raise ValueError(f"run: jobs={jobs} must be ≥ 1")
+    run_schedule(config, order_by)  # an unknown order: one line, before anything is written
+    if jobs > 1 and order_by != "arm":
+        raise ValueError(
+            "run: --jobs trains the seeds of one arm at once; it goes with --order arm"
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(
             "run: runs in one process (decoding is not sharded); train arms on several "
@@ -152,24 +171,23 @@ def run_experiment(
         if (out / "runs" / a / f"seed-{s}" / "eval.json").exists()
     ]  # fmt: skip
     say = _reporter(out, progress, total, len(done))
-    attached = {a for a in order if config.arm(a).erase_on}
     say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
-    for arm in order:
-        if arm in attached:
-            continue  # evaluated with each seed of the arm whose adapters it erases
-        seeds = arm_seeds(config, arm)
-        todo = [s for s in seeds if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]
-        if jobs > 1 and config.arm(arm).kind == "train" and len(todo) > 1:
+    for arm, seed in run_schedule(config, order_by):
+        run_dir = out / "runs" / arm / f"seed-{seed}"
+        todo = [s for s in arm_seeds(config, arm)
+                if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]  # fmt: skip
+        if jobs > 1 and config.arm(arm).kind == "train" and len(todo) > 1 and seed == todo[0]:
             say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
             run_parallel(config, out, arm, todo, jobs, on_done=lambda seed, a=arm: say(a, seed))
-        # what needs this arm's adapters comes right after each seed: adapters are not
-        # kept with a run's results, so a later session may not find them
-        for unit, seed in schedule_of(config, arm):
-            if not (out / "runs" / unit / f"seed-{seed}" / "eval.json").exists():
-                evaluate_arm_seed(context, unit, seed)
-                say(unit, seed)
-            if unit == arm and config.probe is not None and seed == config.train.seeds[0]:
-                _probe_part(config, context, out, arm)
+        # what reads an adapter comes right after it is made (the erase arms follow their
+        # arm's seed in the schedule): adapters are not kept with a run's results, so a
+        # later session may not find them
+        if not (run_dir / "eval.json").exists():
+            evaluate_arm_seed(context, arm, seed)
+            say(arm, seed)
+        first = config.train.seeds[0]
+        if config.probe is not None and config.arm(arm).kind == "train" and seed == first:
+            _probe_part(config, context, out, arm)
     for arm in order:
         for seed in arm_seeds(config, arm):
             finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
