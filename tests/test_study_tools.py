@@ -320,3 +320,32 @@ def test_power_command_prints_the_table_and_refuses_an_unknown_arm(mini_run: Pat
     bad = cli(out, "--compare", "decoupled", "decoupld")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "no seed with both 'decoupled' and 'decoupld' evaluated" in bad.stderr
+
+
+def test_power_on_a_committed_folder_rebuilds_the_references_from_the_config(
+    mini_run: Path, tmp_path: Path
+) -> None:
+    """A committed run keeps no references/ (corpus text): `power` then says to pass
+    --config, and with it prints what it prints on the full folder (JSON compared)."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vardecouple", "power", *args, "--json",
+                               "--compare", "decoupled", "standard", "--all-seeds"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    full = cli(str(mini_run / "out"))
+    assert full.returncode == 0, full.stderr
+    committed = tmp_path / "out"
+    shutil.copytree(mini_run / "out", committed)
+    for copy in committed.glob("runs/*/seed-*/references"):
+        shutil.rmtree(copy)
+    bare = cli(str(committed))
+    assert bare.returncode == 2 and len(bare.stderr.strip().splitlines()) == 1
+    assert "is missing (a committed run keeps no copy" in bare.stderr and "--config" in bare.stderr
+    rebuilt = cli(str(committed), "--config", str(mini_run / "c.toml"))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout) == json.loads(full.stdout)
+    other = tmp_path / "other.toml"
+    other.write_text((mini_run / "c.toml").read_text().replace("test_rows = 20", "test_rows = 21"))
+    refused = cli(str(committed), "--config", str(other))
+    assert refused.returncode == 2 and "different config" in refused.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,23 @@ def _lines(path: Path) -> list[str]:
         return handle.read().split("\n")[:-1]
 
 
+def _references(
+    run_dir: Path, direction: str, given: Mapping[str, Sequence[str]] | None
+) -> list[str]:
+    """One direction's references: given, or the arm × seed folder's copy."""
+    if given is not None:
+        if direction not in given:
+            raise ValueError(f"power: the config has no test direction {direction}")
+        return list(given[direction])
+    path = run_dir / "references" / f"{direction}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"power: {path} is missing (a committed run keeps no copy of corpus text); "
+            "pass --config with the run's config to rebuild the references"
+        )
+    return _lines(path)
+
+
 def estimate_power(
     run_dir: str | Path,
     a: str,
@@ -70,13 +88,15 @@ def estimate_power(
     all_seeds: bool = False,
     metric: str = "chrf++",
     n_samples: int = 1000,
+    references: Mapping[str, Sequence[str]] | None = None,
 ) -> list[PowerEstimate]:
     """:func:`sentences_needed` for ``a − b`` in the run folder ``run_dir`` (written by
     ``vardecouple run``: ``config.json`` and each arm's ``runs/ARM/seed-S/hypotheses/``
     and ``references/``), over the directions into the varieties (``mean_low_resource``)
     and into the standard (``mean_standard``), on the first ``seed`` both arms finished
     (or the given one; ``all_seeds``: every seed both finished), and on the rows both
-    were scored on."""
+    were scored on. ``references`` (per direction, the test rows in order) replace the
+    folder's ``references/``, which a committed run folder does not keep."""
     root = Path(run_dir)
     data = json.loads((root / "config.json").read_text(encoding="utf-8"))["data"]
     folders = {arm: root / "runs" / arm for arm in (a, b)}
@@ -112,7 +132,7 @@ def estimate_power(
             for arm in (a, b)
             for d in dirs
         }  # fmt: skip
-        refs = {d: _lines(first[a] / "references" / f"{d}.txt") for d in dirs}
+        refs = {d: _references(first[a], d, references) for d in dirs}
         n = min(len(x) for x in [*refs.values(), *(h for hs in read.values() for h in hs)])
         blocks: list[Any] = [
             (refs[d][:n], [h[:n] for h in read[a, d]], [h[:n] for h in read[b, d]]) for d in dirs

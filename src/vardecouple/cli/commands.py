@@ -167,11 +167,31 @@ def power_command(args: argparse.Namespace) -> int:
 
     if not (Path(args.run_dir) / "config.json").is_file():
         raise FileNotFoundError(f"power: {args.run_dir} holds no run (no config.json)")
+    references = None
+    if args.config is not None:
+        from vardecouple.evaluate.scoring import test_sets
+        from vardecouple.experiment.arms import prepare_data
+        from vardecouple.experiment.config import load_config
+        from vardecouple.experiment.run import run_state
+
+        config = load_config(args.config, data_root=args.data_root)
+        config = config.with_recorded_defaults(args.run_dir)
+        run_state(config, args.run_dir)  # the references of another config: refused
+        tests = test_sets(prepare_data(config), None, config.eval_directions())
+        references = {d: [ex.tgt_text for ex in rows] for d, rows in tests.items()}
+    elif args.data_root is not None:
+        raise ValueError("power: --data-root goes with --config")
     estimates = [
         e
         for a, b in args.compare
         for e in estimate_power(
-            args.run_dir, a, b, target=args.target, seed=args.seed, all_seeds=args.all_seeds
+            args.run_dir,
+            a,
+            b,
+            target=args.target,
+            seed=args.seed,
+            all_seeds=args.all_seeds,
+            references=references,
         )
     ]
     print(json.dumps(as_records(estimates), indent=1) if args.json else format_power(estimates))

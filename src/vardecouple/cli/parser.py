@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="every seed both arms finished, averaged inside each resample (the comparison "
         "itself, with its p-value) instead of one seed",
     )
+    pw.add_argument(
+        "--config",
+        default=None,
+        help="the run's TOML config: rebuilds the references from the corpora when the folder "
+        "has no references/ (a committed run keeps no copies of corpus text)",
+    )
+    pw.add_argument("--data-root", default=None, help="with --config: base of relative paths")
     pw.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pw.set_defaults(func=power_command)
     pb = sub.add_parser(
