@@ -23,6 +23,7 @@ from vardecouple.experiment.config import ConfigError, load_config
 from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
 from vardecouple.experiment.run import run_experiment
 from vardecouple.probes.artifact import load_subspace
+from vardecouple.report.data import signed
 
 pytestmark = pytest.mark.usefixtures("corpora")
 
@@ -113,9 +114,23 @@ def test_fewer_rows_for_one_arm_and_the_matched_pair_are_compared_directly(
         assert pair["deltas"][d]["chrf++"]["delta"] == pytest.approx(
             full["decoupled"] - full["random"]
         )
+        # seed by seed: each seed against the same seed, on the rows both were scored on
+        assert res["deltas"]["base"][d]["chrf++"]["per_seed"] == pytest.approx(
+            {"0": _chrf(base, refs[:7]) - _chrf(lines("standard", 0, "hypotheses", d)[:7],
+                                                 refs[:7])}
+        )  # fmt: skip
+        assert pair["deltas"][d]["chrf++"]["per_seed"] == pytest.approx(
+            {str(s): _chrf(lines("decoupled", s, "hypotheses", d), refs)
+             - _chrf(lines("random", s, "hypotheses", d), refs) for s in (0, 1)}
+        )  # fmt: skip
+    low = res["deltas"]["decoupled"]["mean_low_resource"]["chrf++"]  # one direction: the same
+    assert low["per_seed"] == res["deltas"]["decoupled"]["deu_Latn->nds_Latn"]["chrf++"]["per_seed"]
     assert set(res["matched_deltas"]) == {"random"}
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "decoupled vs random: mean over low-resource directions" in report
+    each = ", ".join(f"{k}: {signed(v)}" for k, v in low["per_seed"].items())
+    sentence = f"decoupled vs standard: mean over low-resource directions {signed(low['delta'])}"
+    assert sentence in report and f"; seed by seed {each}." in report
     assert "Scored on fewer test rows (the first ones): base (7 per direction)." in report
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vardecouple.evaluate.metrics import METRICS as CORPUS_METRICS
-from vardecouple.evaluate.metrics import paired_bootstrap
+from vardecouple.evaluate.metrics import corpus_scores, paired_bootstrap
 from vardecouple.io import sha256_file
 from vardecouple.report.data import schema_problem
 
@@ -127,7 +127,9 @@ def paired_deltas(
 
     ``hypotheses(arm, seed, direction)`` reads one run's outputs; ``refs`` and ``kinds``
     are per direction. Where the two arms were scored on different numbers of sentences
-    (``[arms.NAME] max_examples``), both are compared on the first rows they share.
+    (``[arms.NAME] max_examples``), both are compared on the first rows they share. Each
+    entry also has ``per_seed``: for every seed both arms ran, the same difference of
+    corpus scores on that seed alone (no resampling).
     """
 
     def block(d: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
@@ -142,10 +144,25 @@ def paired_deltas(
     groups += [
         (name, ds) for name, ds in (("mean_low_resource", low), ("mean_standard", into)) if ds
     ]
+    # each seed both arms ran, compared with itself: the spread the bootstrap (which
+    # resamples sentences, seeds averaged inside) does not show
+    shared = [s for s in runs[minuend] if s in runs[subtrahend]]
+    blocks = {d: block(d) for d in refs}
+    order = {"a": list(runs[minuend]), "b": list(runs[subtrahend])}
+    scores: dict[tuple[str, str, str], dict[str, float]] = {}
+    for d, (ref, a, b) in blocks.items():
+        for s in shared:
+            scores["a", s, d] = corpus_scores(a[order["a"].index(s)], ref)
+            scores["b", s, d] = corpus_scores(b[order["b"].index(s)], ref)
+
+    def per_seed(dirs: list[str], m: str) -> dict[str, float]:
+        return {s: sum(scores["a", s, d][m] - scores["b", s, d][m] for d in dirs) / len(dirs)
+                for s in shared}  # fmt: skip
+
     return {
         name: {
-            m: paired_bootstrap([block(d) for d in dirs], metric=m, n_samples=n_samples,
-                                seed=seed).to_dict()
+            m: paired_bootstrap([blocks[d] for d in dirs], metric=m, n_samples=n_samples,
+                                seed=seed).to_dict() | {"per_seed": per_seed(dirs, m)}
             for m in ("chrf++", "bleu")
         }
         for name, dirs in groups

@@ -148,10 +148,12 @@ def _sentence(
         return f"{arm} vs {vs}: no mean over {what} in results.json."
     p, (lo, hi) = d["p_value"], d["ci95"]
     verdict = "significant" if p < ALPHA else "not significant"
+    seeds = d.get("per_seed", {})
+    each = ", ".join(f"{s}: {signed(x)}" for s, x in seeds.items())
     return (
         f"{arm} vs {vs}: mean over {what} {signed(d['delta'])} chrF++ "
         f"(95% CI {signed(lo)} … {signed(hi)}, p {'' if p < 0.001 else '= '}{fmt_p(p)}): "
-        f"{verdict} at {ALPHA}."
+        f"{verdict} at {ALPHA}" + (f"; seed by seed {each}." if len(seeds) > 1 else ".")
     )
 
 
