@@ -335,6 +335,11 @@ def test_power_command_prints_the_table_and_refuses_an_unknown_arm(mini_run: Pat
     bad = cli(out, "--compare", "decoupled", "decoupld")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "no seed with both 'decoupled' and 'decoupld' evaluated" in bad.stderr
+    same = cli(out, "--compare", "standard", "standard")
+    assert same.returncode == 2 and same.stderr.strip().endswith("compare two different arms")
+    both = cli(out, "--compare", "decoupled", "standard", "--seed", "0", "--all-seeds")
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1
+    assert "--all-seeds every seed: give one" in both.stderr
 
 
 def test_power_on_a_committed_folder_rebuilds_the_references_from_the_config(

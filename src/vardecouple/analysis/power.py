@@ -97,6 +97,10 @@ def estimate_power(
     (or the given one; ``all_seeds``: every seed both finished), and on the rows both
     were scored on. ``references`` (per direction, the test rows in order) replace the
     folder's ``references/``, which a committed run folder does not keep."""
+    if a == b:
+        raise ValueError(f"power: --compare {a} {b}: compare two different arms")
+    if all_seeds and seed is not None:
+        raise ValueError("power: --seed picks one seed, --all-seeds every seed: give one")
     root = Path(run_dir)
     data = json.loads((root / "config.json").read_text(encoding="utf-8"))["data"]
     folders = {arm: root / "runs" / arm for arm in (a, b)}
