@@ -166,23 +166,19 @@ def run_experiment(
     runs: dict[str, dict[str, Any]] = {}
     order = arm_order(config)
     total = sum(len(arm_seeds(config, a)) for a in order)
-    done = [
-        (a, s) for a in order for s in arm_seeds(config, a)
-        if (out / "runs" / a / f"seed-{s}" / "eval.json").exists()
-    ]  # fmt: skip
+    done = [(a, s) for a in order for s in arm_seeds(config, a) if _finished(out, a, s)]
     say = _reporter(out, progress, total, len(done))
     say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
     for arm, seed in run_schedule(config, order_by):
-        run_dir = out / "runs" / arm / f"seed-{seed}"
-        todo = [s for s in arm_seeds(config, arm)
-                if not (out / "runs" / arm / f"seed-{s}" / "eval.json").exists()]  # fmt: skip
-        if jobs > 1 and config.arm(arm).kind == "train" and len(todo) > 1 and seed == todo[0]:
-            say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
-            run_parallel(config, out, arm, todo, jobs, on_done=lambda seed, a=arm: say(a, seed))
+        if jobs > 1 and config.arm(arm).kind == "train":  # its seeds at once, at the first
+            todo = [s for s in arm_seeds(config, arm) if not _finished(out, arm, s)]
+            if len(todo) > 1 and seed == todo[0]:
+                say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
+                run_parallel(config, out, arm, todo, jobs, on_done=lambda s, a=arm: say(a, s))
         # what reads an adapter comes right after it is made (the erase arms follow their
         # arm's seed in the schedule): adapters are not kept with a run's results, so a
         # later session may not find them
-        if not (run_dir / "eval.json").exists():
+        if not _finished(out, arm, seed):
             evaluate_arm_seed(context, arm, seed)
             say(arm, seed)
         first = config.train.seeds[0]
@@ -288,6 +284,11 @@ def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
         row.setdefault(ex.tgt, ex.tgt_text)
     rows = [r for _, r in sorted(groups.items()) if all(c in r for c in codes)]
     return {c: [r[c] for r in rows] for c in codes}
+
+
+def _finished(out: Path, arm: str, seed: int) -> bool:
+    """Whether this arm × seed has its result (``eval.json``): never recomputed."""
+    return (out / "runs" / arm / f"seed-{seed}" / "eval.json").exists()
 
 
 def _probe_rows(config: ExperimentConfig, ctx: RunContext, out: Path) -> int:
