@@ -32,9 +32,10 @@ demo: install
 # Everything, the `slow` real-model tests included (they are the proof).
 # OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads otherwise spin-wait, which slows
 # small-model tests by 10x as soon as another process shares the 2 cores.
+# --durations: the 25 slowest tests close the output (where the suite's time goes).
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest --durations=25
 
 # The quick loop while developing: no real-model tests.
 test-fast: install
