@@ -19,6 +19,7 @@ import sacrebleu
 from conftest import MINI_CORE
 from vardecouple.analysis.power import estimate_power, sentences_needed
 from vardecouple.evaluate.metrics import paired_bootstrap
+from vardecouple.evaluate.scoring import source_copy_rate
 from vardecouple.experiment.config import ConfigError, load_config
 from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
 from vardecouple.experiment.run import run_experiment
@@ -255,6 +256,39 @@ def test_run_plan_writes_nothing_and_rates_from_needs_plan(mini_run: Path, tmp_p
     both = cli("run", config, "--out", str(new), "--order", "seed", "--jobs", "2")
     assert both.returncode == 2 and both.stderr.strip().endswith("it goes with --order arm")
     assert len(both.stderr.strip().splitlines()) == 1 and not new.exists()
+
+
+def test_source_copy_rate_counts_the_hypotheses_that_are_their_source(mini_run: Path) -> None:
+    """Every arm × seed × direction records the share of hypotheses equal to their source
+    line (``copy``: all of them), counted here on the written files; the report's table
+    gives each arm's mean over seeds in %."""
+    out = mini_run / "out"
+    res = json.loads((out / "results.json").read_text())
+    means = {}
+    for arm, seeds in res["runs"].items():
+        for seed, run in seeds.items():
+            for d, m in run["metrics"].items():
+                folder = out / "runs" / arm / f"seed-{seed}"
+                hyps = (folder / "hypotheses" / f"{d}.txt").read_text().split("\n")[:-1]
+                srcs = (folder / "sources" / f"{d}.txt").read_text().split("\n")[:-1][: len(hyps)]
+                same = [h.split() == s.split() for h, s in zip(hyps, srcs, strict=True)]
+                assert m["source_copy_rate"] == pytest.approx(sum(same) / len(same))
+                means.setdefault((arm, d), []).append(m["source_copy_rate"])
+        if arm == "copy":
+            assert all(m["source_copy_rate"] == 1.0 for m in seeds["0"]["metrics"].values())
+    report = (out / "report.md").read_text(encoding="utf-8")
+    table = report.split("### Source-copy rate")[1].split("###")[0]
+    row = next(r for r in table.splitlines() if r.startswith("| standard |"))
+    d = next(iter(res["directions"]))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    col = 2 + list(res["directions"]).index(d)
+    assert cells[col].split(" ± ")[0] == f"{statistics.fmean(means['standard', d]) * 100:.1f}"
+
+
+def test_source_copy_rate_ignores_whitespace_and_refuses_unequal_lengths() -> None:
+    assert source_copy_rate(["a  b ", "a c", "x"], [" a b", "a b", "x"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="2 hypotheses for 1 sources"):
+        source_copy_rate(["a", "b"], ["a"])
 
 
 def test_mechanism_chance_scale_and_held_out_penalty_in_results_and_report(mini_run: Path) -> None:

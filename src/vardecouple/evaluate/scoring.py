@@ -46,6 +46,7 @@ __all__ = [
     "read_lines",
     "require_comet",
     "score_hypotheses",
+    "source_copy_rate",
     "target_shortlists",
     "test_sets",
     "train_identifier",
@@ -163,6 +164,15 @@ def comet_score(
     return float(model.predict(data, batch_size=8, gpus=0, progress_bar=False).system_score)
 
 
+def source_copy_rate(hyps: Sequence[str], sources: Sequence[str]) -> float:
+    """Share of hypotheses that are their source sentence, whitespace aside: a model that
+    has not learnt to translate into a close variety answers with the input."""
+    if len(hyps) != len(sources):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(sources)} sources")
+    same = sum(h.split() == s.split() for h, s in zip(hyps, sources, strict=True))
+    return same / len(hyps) if hyps else 0.0
+
+
 def score_hypotheses(
     hyps: Mapping[str, Sequence[str]],
     tests: Mapping[str, list[Example]],
@@ -173,8 +183,8 @@ def score_hypotheses(
     seed: int = 0,
     comet: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per direction: chrF++, BLEU, chrF++ 95% interval, target/standard variety rates
-    (and COMET when ``comet`` names a local checkpoint)."""
+    """Per direction: chrF++, BLEU, chrF++ 95% interval, target/standard variety rates,
+    the source-copy rate (and COMET when ``comet`` names a local checkpoint)."""
     out: dict[str, dict[str, Any]] = {}
     for direction, rows in tests.items():
         refs = [ex.tgt_text for ex in rows]
@@ -192,6 +202,7 @@ def score_hypotheses(
             scores["standard_variety_rate"] = rates["standard"]
         else:
             scores["target_variety_rate"] = 0.0
+        scores["source_copy_rate"] = source_copy_rate(got, [ex.src_text for ex in rows])
         if comet is not None:
             scores["comet"] = comet_score(comet, [ex.src_text for ex in rows], got, refs)
         out[direction] = scores

@@ -17,6 +17,7 @@ __all__ = [
     "MEAN_LR",
     "MEAN_STD",
     "NAMES",
+    "RESULT_TABLES",
     "RunView",
     "Tables",
     "fmt",
@@ -32,7 +33,19 @@ ALPHA = 0.05
 MEAN_LR = "mean_low_resource"
 MEAN_STD = "mean_standard"  # the trade-off: directions into the standard variety
 MEANS = {MEAN_LR: "mean over low-resource", MEAN_STD: "mean into the standard"}
-NAMES = {"chrf++": "chrF++", "bleu": "BLEU", "target_variety_rate": "Target-variety rate (%)"}
+NAMES = {
+    "chrf++": "chrF++",
+    "bleu": "BLEU",
+    "target_variety_rate": "Target-variety rate (%)",
+    "source_copy_rate": "Source-copy rate (%: hypotheses identical to their source)",
+}
+#: the score tables of the report's Results section: metric, scale (rates in %)
+RESULT_TABLES = (
+    ("chrf++", 1),
+    ("bleu", 1),
+    ("target_variety_rate", 100),
+    ("source_copy_rate", 100),
+)
 Tables = list[dict[str, Any]]  # one overlap table {VARIETY: {own, reference}} per seed
 
 

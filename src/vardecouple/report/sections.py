@@ -19,6 +19,7 @@ from vardecouple.report.data import (
     MEAN_STD,
     MEANS,
     NAMES,
+    RESULT_TABLES,
     RunView,
     fmt,
     fmt_p,
@@ -113,7 +114,7 @@ def _results(run: RunView, captions: list[str]) -> list[str]:
         if m.get("n", run.res["directions"][d]["n"]) < run.res["directions"][d]["n"]
     })  # fmt: skip
     out = [f"Scored on fewer test rows (the first ones): {', '.join(fewer)}.", ""] if fewer else []
-    for metric, scale in (("chrf++", 1), ("bleu", 1), ("target_variety_rate", 100)):
+    for metric, scale in RESULT_TABLES:
         rows = []
         for arm in run.arms:
             cells = [run.stat(arm, d, metric) for d in run.dirs]
@@ -125,6 +126,8 @@ def _results(run: RunView, captions: list[str]) -> list[str]:
                     for c in cells
                 ]
                 rows.append([arm, str(max(c[2] for c in cells if c)), *txt])
+        if not rows and metric == "source_copy_rate":
+            continue  # results written before the copy rate existed
         head = ["arm", "seeds", *(f"`{d}`" for d in run.dirs)]
         out += [f"### {NAMES[metric]}, mean ± sd over seeds", ""]
         out += [md_table(head, rows) if rows else "No scores in results.json.", ""]
