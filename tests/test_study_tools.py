@@ -264,6 +264,7 @@ def test_source_copy_rate_counts_the_hypotheses_that_are_their_source(mini_run: 
     gives each arm's mean over seeds in %."""
     out = mini_run / "out"
     res = json.loads((out / "results.json").read_text())
+    assert {"copy", "standard"} <= set(res["runs"])
     means = {}
     for arm, seeds in res["runs"].items():
         for seed, run in seeds.items():

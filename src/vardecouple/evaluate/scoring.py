@@ -187,7 +187,7 @@ def score_hypotheses(
     the source-copy rate (and COMET when ``comet`` names a local checkpoint)."""
     out: dict[str, dict[str, Any]] = {}
     for direction, rows in tests.items():
-        refs = [ex.tgt_text for ex in rows]
+        refs, sources = [ex.tgt_text for ex in rows], [ex.src_text for ex in rows]
         got = list(hyps[direction])
         scores: dict[str, Any] = corpus_scores(got, refs)
         scores["n"] = len(refs)
@@ -202,9 +202,9 @@ def score_hypotheses(
             scores["standard_variety_rate"] = rates["standard"]
         else:
             scores["target_variety_rate"] = 0.0
-        scores["source_copy_rate"] = source_copy_rate(got, [ex.src_text for ex in rows])
+        scores["source_copy_rate"] = source_copy_rate(got, sources)
         if comet is not None:
-            scores["comet"] = comet_score(comet, [ex.src_text for ex in rows], got, refs)
+            scores["comet"] = comet_score(comet, sources, got, refs)
         out[direction] = scores
     return out
 
