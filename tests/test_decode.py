@@ -12,8 +12,13 @@ pytestmark = pytest.mark.usefixtures("corpora")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model, tok, _, prompts, sources = decoding_setup(test_rows=32)
+def decoding():
+    return decoding_setup(test_rows=32)
+
+
+@pytest.fixture(scope="module")
+def setup(decoding):
+    model, tok, _, prompts, sources = decoding
     return model, tok, prompts, sources
 
 
@@ -70,6 +75,41 @@ def test_a_trained_stop_ends_the_hypothesis(setup) -> None:
     finally:
         head.bias = old
     assert hyps == ["", "", "", ""]
+
+
+def test_a_resumed_evaluation_reads_finished_directions_back_and_counts_what_it_decodes(
+    decoding, tmp_path
+) -> None:
+    """``evaluate_model`` after an interruption: a direction whose hypotheses file has the
+    right number of lines is read back (not decoded again, not counted as decoded); one
+    of another length is decoded again. ``sentences`` is what ``run --plan``'s rate per
+    sentence divides ``seconds`` by."""
+    from vardecouple.evaluate.scoring import evaluate_model
+    from vardecouple.io import write_lines_atomic
+
+    model, tok, splits, _, _ = decoding
+    tests: dict[str, list] = {}
+    for ex in splits.test[:32]:
+        tests.setdefault(f"{ex.src}->{ex.tgt}", []).append(ex)
+    first, second = tests  # both directions are among the first 32 rows
+    config = DecodeConfig(batch_size=8, max_new_tokens=16)
+    whole = evaluate_model(model, tok, tests, tmp_path / "whole", decode_config=config,
+                           progress=False)  # fmt: skip
+    assert whole.sentences == 32 and whole.seconds > 0
+    assert [len(whole.hypotheses[d]) for d in tests] == [len(tests[d]) for d in tests]
+
+    folder = tmp_path / "resumed"
+    marker = ["(finished before the interruption)"] * len(tests[first])
+    write_lines_atomic(folder / "hypotheses" / f"{first}.txt", marker)
+    resumed = evaluate_model(model, tok, tests, folder, decode_config=config, progress=False)
+    assert resumed.hypotheses[first] == marker  # read back
+    assert resumed.hypotheses[second] == whole.hypotheses[second]
+    assert resumed.sentences == len(tests[second])
+
+    write_lines_atomic(folder / "hypotheses" / f"{first}.txt", marker[:-1])  # another size
+    again = evaluate_model(model, tok, tests, folder, decode_config=config, progress=False)
+    assert again.hypotheses == whole.hypotheses
+    assert again.sentences == len(tests[first])
 
 
 def test_bad_config_is_rejected() -> None:

@@ -144,6 +144,9 @@ def test_plan_rates_are_the_medians_of_the_finished_results(mini_run: Path, tmp_
         for r in records
         if r["kind"] != "copy"
     ]
+    for r in records:  # nothing was resumed: every scored sentence was decoded
+        assert r["decoded_sentences"] == (0 if r["kind"] == "copy" else
+                                          sum(m["n"] for m in r["metrics"].values()))  # fmt: skip
     rates = measured_rates(out)
     # 3 trained arms × 2 seeds; their evaluations and base's (copy decodes nothing)
     assert (rates.trainings, rates.evaluations) == (6, 7)
@@ -156,6 +159,15 @@ def test_plan_rates_are_the_medians_of_the_finished_results(mini_run: Path, tmp_
     (copy / "eval.json").write_text(json.dumps(record | {"train_seconds": 30.0}))
     (copy / "train_summary.json").write_text(json.dumps({"steps": 4, "resumed_from": 1}))
     assert measured_rates(tmp_path / "resumed").step_seconds == pytest.approx(30.0 / 3)
+    # a resumed evaluation: its eval_seconds cover the sentences it decoded only
+    (copy / "eval.json").write_text(
+        json.dumps(record | {"eval_seconds": 20.0, "decoded_sentences": 5})
+    )
+    assert measured_rates(tmp_path / "resumed").sentence_seconds == pytest.approx(20.0 / 5)
+    del record["decoded_sentences"]  # a record from before it existed: every scored sentence
+    (copy / "eval.json").write_text(json.dumps(record | {"eval_seconds": 20.0}))
+    scored = sum(m["n"] for m in record["metrics"].values())
+    assert measured_rates(tmp_path / "resumed").sentence_seconds == pytest.approx(20.0 / scored)
     empty = measured_rates(tmp_path)
     assert empty.step_seconds is None and empty.sentence_seconds is None
 

@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,7 @@ from vardecouple.evaluate.varietyid import VarietyIdentifier
 from vardecouple.io import write_lines_atomic
 
 __all__ = [
+    "Decoded",
     "comet_score",
     "decoding_record",
     "direction_kinds",
@@ -239,6 +240,16 @@ def decoding_record(
     }  # fmt: skip
 
 
+class Decoded(NamedTuple):
+    """What :func:`evaluate_model` returns: the hypotheses per direction, the seconds the
+    call took, and how many test sentences it decoded (a direction read back from an
+    earlier, interrupted evaluation's file counts none: its time was spent then)."""
+
+    hypotheses: dict[str, list[str]]
+    seconds: float
+    sentences: int
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -249,13 +260,13 @@ def evaluate_model(
     decode_config: DecodeConfig | None = None,
     shortlists: Mapping[str, Collection[int]] | None = None,
     progress: bool = True,
-) -> tuple[dict[str, list[str]], float]:
+) -> Decoded:
     """Decode every direction into ``out_dir/hypotheses/<direction>.txt``, with the
     sources and references beside it (:func:`write_test_files`); ``shortlists[d]``: the
     output-vocabulary shortlist of direction ``d`` (approximate; see ``decode``).
 
     A direction whose hypotheses file already holds the right number of lines is read
-    back, not decoded again (resume after a crash). Returns ``(hypotheses, seconds)``.
+    back, not decoded again (resume after a crash). Returns :class:`Decoded`.
 
     Under ``torchrun`` / ``accelerate launch`` (a process group of several processes)
     each process decodes every ``world``-th sentence of each direction, longest source
@@ -265,6 +276,7 @@ def evaluate_model(
     start = time.perf_counter()
     rank, world = _process_share()
     hyps: dict[str, list[str]] = {}
+    decoded = 0
     for direction, rows in tests.items():
         path = Path(out_dir) / "hypotheses" / f"{direction}.txt"
         if rank == 0:
@@ -282,13 +294,14 @@ def evaluate_model(
         shortlist = shortlists[direction] if shortlists is not None else None
         got = decode(model, tokenizer, prompts, sources, decode_config, shortlist=shortlist,
                      progress=progress and rank == 0, desc=direction)  # fmt: skip
+        decoded += len(rows)
         pairs = list(zip(mine, got, strict=True))
         if world > 1:
             pairs = gather_object(pairs)
         hyps[direction] = [h for _, h in sorted(pairs)]
         if rank == 0:
             write_lines_atomic(path, hyps[direction])
-    return hyps, time.perf_counter() - start
+    return Decoded(hyps, time.perf_counter() - start, decoded)
 
 
 def _process_share() -> tuple[int, int]:

@@ -27,6 +27,7 @@ from vardecouple.data import Splits
 from vardecouple.erase import EraseConfig, Erasure, erasing, fit_erasure, later_overlaps
 from vardecouple.evaluate.metrics import signatures
 from vardecouple.evaluate.scoring import (
+    Decoded,
     decoding_record,
     eval_device,
     evaluate_model,
@@ -53,7 +54,7 @@ from vardecouple.probes.artifact import load_subspace
 
 __all__ = ["ARM_KINDS", "arm_tests", "evaluate_arm_seed", "evaluate_one"]
 
-Hypotheses = tuple[dict[str, list[str]], float]  # per direction, and the decoding seconds
+Hypotheses = Decoded  # per direction, the decoding seconds and the sentences decoded
 
 
 def evaluate_arm_seed(ctx: RunContext, arm: str, seed: int) -> None:
@@ -64,7 +65,7 @@ def evaluate_arm_seed(ctx: RunContext, arm: str, seed: int) -> None:
     ctx = replace(ctx, tests=arm_tests(config, arm, ctx.tests))  # the arm's test rows
     record: dict[str, Any] = {"kind": kind, "steps": 0, "train_seconds": 0.0}
     record |= {"checkpoint": "no training", "lambda": None}
-    hyps, eval_seconds = ARM_KINDS[kind](ctx, arm, seed, run_dir, record)
+    hyps, eval_seconds, decoded = ARM_KINDS[kind](ctx, arm, seed, run_dir, record)
     metrics = score_hypotheses(
         hyps,
         ctx.tests,
@@ -76,7 +77,9 @@ def evaluate_arm_seed(ctx: RunContext, arm: str, seed: int) -> None:
     )
     for d in metrics:
         metrics[d]["hypotheses"] = f"runs/{arm}/seed-{seed}/hypotheses/{d}.txt"
-    record |= {"metrics": metrics, "eval_seconds": eval_seconds}
+    # decoded_sentences: those decoded by this process (a resumed evaluation reads the
+    # directions an interrupted one finished back, and eval_seconds does not cover them)
+    record |= {"metrics": metrics, "eval_seconds": eval_seconds, "decoded_sentences": decoded}
     write_json_atomic(run_dir / "eval.json", record)
 
 
@@ -95,7 +98,7 @@ def _copy(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) -> 
     for d, lines in hyps.items():
         write_test_files(run_dir, d, ctx.tests[d])
         write_lines_atomic(run_dir / "hypotheses" / f"{d}.txt", lines)
-    return hyps, 0.0
+    return Decoded(hyps, 0.0, 0)
 
 
 def _base(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) -> Hypotheses:
@@ -136,7 +139,7 @@ def _train(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) ->
         if config.eval.checkpoint == "best-dev":  # evaluate the kept adapter instead
             del loaded, model
             model, tokenizer = load_trained(config, ctx.splits, run_dir)
-    hyps = _decode(ctx, model, tokenizer, run_dir, record)
+    decoded = _decode(ctx, model, tokenizer, run_dir, record)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     record |= {
         "steps": summary["steps"],
@@ -146,7 +149,7 @@ def _train(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) ->
         "overlap": _overlap(run_dir, ctx.out, config.arm(arm).reference_rank),
         "lambda": _start(run_dir)[0],
     }
-    return hyps
+    return decoded
 
 
 def _erase(ctx: RunContext, arm: str, seed: int, run_dir: Path, record: dict) -> Hypotheses:
@@ -348,7 +351,7 @@ def evaluate_one(
     decoding = decode_config(config)
     shortlists = shortlists_for(config, splits, loaded.tokenizer, tests)
     with erasing(net, erasure):
-        hyps, seconds = evaluate_model(
+        hyps, seconds, _ = evaluate_model(
             net,
             loaded.tokenizer,
             tests,

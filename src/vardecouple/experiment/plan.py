@@ -62,7 +62,9 @@ def measured_rates(folder: str | Path) -> Rates:
             since = json.loads(summary.read_text(encoding="utf-8")).get("resumed_from") or 0
             if record["steps"] > since:
                 steps.append(record["train_seconds"] / (record["steps"] - since))
-        decoded = sum(_scored(record_file.parent, d, m) for d, m in record["metrics"].items())
+        decoded = record.get("decoded_sentences")  # absent: recorded before it existed
+        if decoded is None:
+            decoded = sum(_scored(record_file.parent, d, m) for d, m in record["metrics"].items())
         if record.get("kind") != "copy" and decoded and record.get("eval_seconds"):
             sentences.append(record["eval_seconds"] / decoded)
     return Rates(
