@@ -118,7 +118,9 @@ def run_experiment(
     Resumable: a finished arm/seed (its ``eval.json``) is never recomputed; a started
     one resumes from its checkpoint; hypotheses already decoded are read back.
     ``jobs > 1`` trains the seeds of an arm in that many processes at once (each with
-    ``torch threads / jobs`` threads); the numbers are those of a sequential run.
+    ``torch threads / jobs`` threads). Fewer threads sum in another order: the tiny test
+    model gives a sequential run's metrics, gemma3-270m in bf16 losses that differ by up
+    to 4e-3 (``benchmarks/parallel_units.py``, which also measures the speed-up).
     ``order_by``: one of :data:`ORDERS` (:func:`run_schedule`).
     """
     if jobs < 1:
