@@ -12,10 +12,11 @@ bf16 autocast, batches of 8 FLORES-200 pairs; exact greedy decoding with the stu
   step time is each step's ``seconds`` from ``train_log.jsonl`` (the optimiser step, not
   the model load or the step-0 probe refresh), median over the steps from ``--skip`` on.
   Throughput: steps per second summed over the processes (``jobs / median step``).
-* **decode**: :func:`vardecouple.evaluate.evaluate_model` with ``[eval]``'s decoding
-  settings on the first ``--rows`` devtest rows of ``arb_Arab->arz_Arab`` and
+* **decode**: :func:`vardecouple.evaluate.scoring.evaluate_model` with ``[eval]``'s
+  decoding settings on the first ``--rows`` devtest rows of ``arb_Arab->arz_Arab`` and
   ``arz_Arab->arb_Arab`` (one of each direction kind), the model with the adapter of
-  ``--adapter`` (a finished ``standard`` unit; the base model when it is absent, recorded).
+  ``studies/arabic/runs/standard/seed-0`` (adapters are not committed: where it is absent,
+  the base model; the JSON records which).
   Throughput: sentences decoded per second of wall time, from the moment every process
   of the variant has loaded its model until the last one finishes.
 
