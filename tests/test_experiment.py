@@ -354,14 +354,28 @@ def test_a_missing_comet_checkpoint_fails_before_any_training(tmp_path: Path) ->
 
 
 def test_seeds_in_parallel_processes_give_the_sequential_numbers(
-    finished: Path, tmp_path: Path
+    finished: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     text = MINI_CORE.replace('[arms.copy]\nkind = "copy"\n', "").replace(
         '[arms.base]\nkind = "base"\n', ""
     )
     (tmp_path / "p.toml").write_text(text)
-    run_experiment(load_config(tmp_path / "p.toml"), tmp_path / "out", progress=False, jobs=2)
+    run_experiment(load_config(tmp_path / "p.toml"), tmp_path / "out", progress=True, jobs=2)
+    # each job reports its own training and decoding, in whole lines tagged with its job
+    # (the worker processes write to the same stderr: capfd reads the file descriptor)
+    err = capfd.readouterr().err
     par = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "\r" not in err  # no bar redrawn over another job's
+    for arm in ("standard", "decoupled", "random"):
+        for seed in ("0", "1"):
+            tag = f"[{arm} seed {seed}] "
+            tagged = [ln[len(tag) :] for ln in err.splitlines() if ln.startswith(tag)]
+            steps = par["runs"][arm][seed]["steps"]
+            trained = f"train: {steps}/{steps} (100%)"
+            assert any(ln.startswith(trained) for ln in tagged), (arm, seed, err)
+            folder = tmp_path / "out" / "runs" / arm / f"seed-{seed}" / "hypotheses"
+            for direction in sorted(f.stem for f in folder.glob("*.txt")):  # each decoded
+                assert any(ln.startswith(f"{direction}: ") for ln in tagged), (direction, err)
     seq = json.loads((finished / "out" / "results.json").read_text())
     for arm in ("standard", "decoupled", "random"):
         for seed in ("0", "1"):

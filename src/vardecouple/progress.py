@@ -7,6 +7,10 @@ writes one whole line when a tenth of the work is done or ``every`` seconds have
 whichever is first, and one when the loop ends (an inner loop, ``leave=False``: only every
 ``every`` seconds and at its end). Both take the calls the package makes:
 iteration, ``update(n)``, ``set_postfix(**values)`` and ``close()``.
+
+Several processes writing to one terminal (``run --jobs``) would redraw each other's
+bars: a worker calls :func:`tag_reports` once, and from then on its reports are whole
+lines that begin with its tag (``[standard seed 1] train: 40/300 …``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-__all__ = ["LineProgress", "progress"]
+__all__ = ["LineProgress", "progress", "tag_reports"]
+
+#: this process's tag (:func:`tag_reports`); empty: reports are untagged
+_TAG: list[str] = [""]
 
 
 class LineProgress:
@@ -104,17 +111,27 @@ def progress(
     initial: int = 0,
     file: TextIO | None = None,
 ) -> Any:
-    """A tqdm bar on a terminal, :class:`LineProgress` elsewhere (files, pipes, CI)."""
+    """A tqdm bar on a terminal, :class:`LineProgress` elsewhere (files, pipes, CI, and
+    every process that :func:`tag_reports` tagged)."""
     stream = file or sys.stderr
     if disable:
         return LineProgress(iterable, total=total, desc=desc, unit=unit, disable=True,
                             initial=initial)  # fmt: skip
+    if _TAG[0]:  # one of several processes: whole lines, each saying whose it is
+        return LineProgress(iterable, total=total, desc=f"[{_TAG[0]}] {desc}", unit=unit,
+                            file=stream, tenths=leave, initial=initial, every=60.0)  # fmt: skip
     if _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial,
                     file=stream)  # fmt: skip
     # an inner loop (leave=False: one of many) reports only every 30 s and at its end
     return LineProgress(iterable, total=total, desc=desc, unit=unit, file=stream, tenths=leave,
                         initial=initial)  # fmt: skip
+
+
+def tag_reports(tag: str) -> None:
+    """From now on this process reports in whole lines that begin with ``[tag]``, an
+    inner loop's every 60 s rather than 30 (a worker among several; ``""``: untagged)."""
+    _TAG[0] = tag
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -14,13 +14,20 @@ import torch
 from vardecouple.experiment.config import ExperimentConfig
 from vardecouple.experiment.context import make_context
 from vardecouple.experiment.evaluation import evaluate_arm_seed
+from vardecouple.progress import tag_reports
 
 __all__ = ["job_gpus"]
 
 
-def _worker(config: ExperimentConfig, out: Path, arm: str, seed: int, threads: int) -> None:
+def _worker(
+    config: ExperimentConfig, out: Path, arm: str, seed: int, threads: int, progress: bool
+) -> None:
     torch.set_num_threads(threads)
-    evaluate_arm_seed(make_context(config, out), arm, seed)
+    if progress:  # the jobs share one terminal: whole lines, each tagged with its job
+        tag_reports(f"{arm} seed {seed}")
+    context = make_context(config, out)
+    context.progress = progress
+    evaluate_arm_seed(context, arm, seed)
 
 
 def job_gpus(jobs: int, visible: str | None = None, count: int | None = None) -> list[str | None]:
@@ -49,10 +56,12 @@ def run_parallel(
     seeds: list[int],
     jobs: int,
     on_done: Any = None,
+    progress: bool = False,
 ) -> None:
     """Train and evaluate ``seeds`` of ``arm`` in ``jobs`` processes (spawned; each its
     own GPU when several are visible, :func:`job_gpus`); ``on_done(seed)`` is called as
-    each one finishes."""
+    each one finishes. With ``progress`` each job reports its training and decoding in
+    whole lines tagged ``[ARM seed N]``."""
 
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
@@ -62,7 +71,9 @@ def run_parallel(
         gpus.put(gpu)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_pin_gpu,
                              initargs=(gpus,)) as pool:  # fmt: skip
-        futures = {pool.submit(_worker, config, out, arm, seed, threads): seed for seed in seeds}
+        futures = {
+            pool.submit(_worker, config, out, arm, seed, threads, progress): seed for seed in seeds
+        }
         for future in as_completed(futures):
             future.result()  # re-raises a worker's error
             if on_done is not None:

@@ -176,7 +176,8 @@ def run_experiment(
             todo = [s for s in arm_seeds(config, arm) if not _finished(out, arm, s)]
             if len(todo) > 1 and seed == todo[0]:
                 say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
-                run_parallel(config, out, arm, todo, jobs, on_done=lambda s, a=arm: say(a, s))
+                run_parallel(config, out, arm, todo, jobs, on_done=lambda s, a=arm: say(a, s),
+                             progress=progress)  # fmt: skip
         # what reads an adapter comes right after it is made (the erase arms follow their
         # arm's seed in the schedule): adapters are not kept with a run's results, so a
         # later session may not find them
