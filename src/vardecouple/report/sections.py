@@ -323,11 +323,20 @@ def _probing(run: RunView) -> list[str]:
     for model, layers in data["results"].items():
         for la, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
             v = [entry[c] for c in data["varieties"] if c in entry]
-            vals = [mean_of([e.get(m) for e in v]) for m in ("overlap", "cka", "angle_mean")]
+            metrics = ("overlap", "cka", "angle_mean", "online_compression")
+            vals = [mean_of([e.get(m) for e in v]) for m in metrics]
             vals.append(entry.get("all", {}).get("online_compression"))
             rows.append([model, la, *map(fmt, vals)])
-    head = ["model", "layer", "overlap", "CKA", "mean angle °", "online compression (all)"]
-    return [*out, "Varieties averaged:", "", md_table(head, rows)]
+    head = ["model", "layer", "overlap", "CKA", "mean angle °", "online compression",
+            "online compression (all)"]  # fmt: skip
+    return [
+        *out,
+        "The standard against each variety, averaged over the varieties (online compression: "
+        "how much a probe that tells the standard from that variety compresses its labels; "
+        "1 = not at all); `(all)`: one probe telling every variety apart:",
+        "",
+        md_table(head, rows),
+    ]
 
 
 def _provenance(run: RunView, command: str | None) -> list[str]:
