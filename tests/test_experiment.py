@@ -374,12 +374,19 @@ def test_seeds_in_parallel_processes_give_the_sequential_numbers(
     text = MINI_CORE.replace('[arms.copy]\nkind = "copy"\n', "").replace(
         '[arms.base]\nkind = "base"\n', ""
     )
+    text += '[arms.erase]\nkind = "erase"\nerase_on = "standard"\n'
     (tmp_path / "p.toml").write_text(text)
     run_experiment(load_config(tmp_path / "p.toml"), tmp_path / "out", progress=True, jobs=2)
     # each job reports its own training and decoding, in whole lines tagged with its job
     # (the worker processes write to the same stderr: capfd reads the file descriptor)
     err = capfd.readouterr().err
     par = json.loads((tmp_path / "out" / "results.json").read_text())
+    # each seed's erasure runs as soon as its `standard` job is done (its adapter is
+    # there), not after the other seed's job: the erase line follows its standard line
+    done = [ln.split("] ", 1)[1].split(" done")[0] for ln in err.splitlines()
+            if ln.startswith("run: [") and " done: " in ln]  # fmt: skip
+    first = done.index("standard seed 0"), done.index("standard seed 1")
+    assert [done[first[0] + 1], done[first[1] + 1]] == ["erase seed 0", "erase seed 1"], done
     assert "\r" not in err  # no bar redrawn over another job's
     for arm in ("standard", "decoupled", "random"):
         for seed in ("0", "1"):
@@ -392,6 +399,8 @@ def test_seeds_in_parallel_processes_give_the_sequential_numbers(
             for direction in sorted(f.stem for f in folder.glob("*.txt")):  # each decoded
                 assert any(ln.startswith(f"{direction}: ") for ln in tagged), (direction, err)
     seq = json.loads((finished / "out" / "results.json").read_text())
+    for seed in ("0", "1"):  # the erasure (main process) gives the sequential run's numbers
+        assert par["runs"]["erase"][seed]["metrics"] == seq["runs"]["erase"][seed]["metrics"]
     for arm in ("standard", "decoupled", "random"):
         for seed in ("0", "1"):
             assert par["runs"][arm][seed]["metrics"] == seq["runs"][arm][seed]["metrics"]

@@ -171,13 +171,23 @@ def run_experiment(
     done = [(a, s) for a in order for s in arm_seeds(config, a) if _finished(out, a, s)]
     say = _reporter(out, progress, total, len(done))
     say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
+
+    def made_in_a_job(arm: str, seed: int) -> None:
+        """A job finished ``arm``'s ``seed``: what reads its adapter runs now, here, while
+        the other jobs go on (not once all of them are done: a session may end first)."""
+        say(arm, seed)
+        for unit in schedule_of(config, arm):
+            if unit[0] != arm and unit[1] == seed and not _finished(out, *unit):
+                evaluate_arm_seed(context, *unit)
+                say(*unit)
+
     for arm, seed in run_schedule(config, order_by):
         if jobs > 1 and config.arm(arm).kind == "train":  # its seeds at once, at the first
             todo = [s for s in arm_seeds(config, arm) if not _finished(out, arm, s)]
             if len(todo) > 1 and seed == todo[0]:
                 say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
-                run_parallel(config, out, arm, todo, jobs, on_done=lambda s, a=arm: say(a, s),
-                             progress=progress)  # fmt: skip
+                run_parallel(config, out, arm, todo, jobs, on_done=lambda s, a=arm:
+                             made_in_a_job(a, s), progress=progress)  # fmt: skip
         # what reads an adapter comes right after it is made (the erase arms follow their
         # arm's seed in the schedule): adapters are not kept with a run's results, so a
         # later session may not find them
