@@ -20,8 +20,10 @@ __all__ = [
     "RESULT_TABLES",
     "RunView",
     "Tables",
+    "corpus_list",
     "fmt",
     "fmt_p",
+    "is_scalar",
     "layer_key",
     "load_results",
     "md_table",
@@ -101,6 +103,16 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 def layer_key(layer: str) -> tuple[bool, int, str]:
     return (not layer.isdigit(), int(layer) if layer.isdigit() else 0, layer)
+
+
+def corpus_list(refs: list[dict[str, Any]]) -> str:
+    """A config's list of corpora as `` `path` (split)``, comma-separated."""
+    return ", ".join(f"`{c.get('path')}` ({c.get('split') or 'all'})" for c in refs) or "—"
+
+
+def is_scalar(v: Any) -> bool:
+    """A value a report prints as it is (not a table or a list)."""
+    return isinstance(v, (int, float, str, bool)) or v is None
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:

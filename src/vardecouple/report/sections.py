@@ -21,8 +21,10 @@ from vardecouple.report.data import (
     NAMES,
     RESULT_TABLES,
     RunView,
+    corpus_list,
     fmt,
     fmt_p,
+    is_scalar,
     layer_key,
     load_results,
     md_table,
@@ -47,10 +49,6 @@ SECTIONS = ("Setup", "Results", "Significance", "Overlap", "Probing", "Provenanc
 # ---------------------------------------------------------------- markdown
 
 
-def _corpora(refs: list[dict[str, Any]]) -> str:
-    return ", ".join(f"`{c.get('path')}` ({c.get('split') or 'all'})" for c in refs) or "—"
-
-
 def _setup(run: RunView) -> list[str]:
     cfg, data, res = run.config, run.data, run.res
     model, train, prov = cfg.get("model", {}), cfg.get("train", {}), res["provenance"]
@@ -62,8 +60,8 @@ def _setup(run: RunView) -> list[str]:
         f"sha256 `{prov.get('model_sha256') or 'not recorded'}`",
         f"- Varieties: standard `{run.standard}`; low-resource {low}; pivot "
         f"`{data.get('pivot') or '—'}`",
-        f"- Training corpora: {_corpora(data.get('corpora', []))}; "
-        f"test corpora: {_corpora(data.get('test_corpora', []))}",
+        f"- Training corpora: {corpus_list(data.get('corpora', []))}; "
+        f"test corpora: {corpus_list(data.get('test_corpora', []))}",
         f"- Split sizes: {', '.join(sizes) or 'not recorded'}; max train examples "
         f"{data.get('max_train_examples') or 'all'}",
         f"- Training: {train.get('steps', '?')} steps × batch {train.get('batch_size', '?')}, "
@@ -89,7 +87,7 @@ def _setup(run: RunView) -> list[str]:
     head = ["arm", "kind", "λ", "estimator", "rank", "form", "layers", "penalised"]
     out += ["", "Arms:", "", md_table(head, arm_rows), "", "Metric signatures:", "", "```"]
     out += [*(f"{k}: {v}" for k, v in res["signatures"].items()), "```", ""]
-    vid = {k: v for k, v in (res.get("variety_identifier") or {}).items() if _scalar(v)}
+    vid = {k: v for k, v in (res.get("variety_identifier") or {}).items() if is_scalar(v)}
     vid_txt = ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in vid.items()
     )
@@ -99,10 +97,6 @@ def _setup(run: RunView) -> list[str]:
            else "APPROXIMATE (" + ", ".join(decoding["approximations"]) + ")")  # fmt: skip
     return [*out, f"- Variety identifier: {vid_txt or 'not recorded'}",
             f"- Paired bootstrap: {boot or 'not recorded'}", f"- Decoding: {how}"]  # fmt: skip
-
-
-def _scalar(v: Any) -> bool:
-    return isinstance(v, (int, float, str, bool)) or v is None
 
 
 def _results(run: RunView, captions: list[str]) -> list[str]:
@@ -323,20 +317,15 @@ def _probing(run: RunView) -> list[str]:
     for model, layers in data["results"].items():
         for la, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
             v = [entry[c] for c in data["varieties"] if c in entry]
-            metrics = ("overlap", "cka", "angle_mean", "online_compression")
-            vals = [mean_of([e.get(m) for e in v]) for m in metrics]
+            vals = [mean_of([e.get(m) for e in v]) for m in PROBE_PLOTS]
             vals.append(entry.get("all", {}).get("online_compression"))
             rows.append([model, la, *map(fmt, vals)])
     head = ["model", "layer", "overlap", "CKA", "mean angle °", "online compression",
             "online compression (all)"]  # fmt: skip
-    return [
-        *out,
-        "The standard against each variety, averaged over the varieties (online compression: "
-        "how much a probe that tells the standard from that variety compresses its labels; "
-        "1 = not at all); `(all)`: one probe telling every variety apart:",
-        "",
-        md_table(head, rows),
-    ]
+    note = ("The standard against each variety, averaged over the varieties (online "
+            "compression 1: no better than the class frequencies); `(all)`: one probe "
+            "telling every variety apart:")  # fmt: skip
+    return [*out, note, "", md_table(head, rows)]
 
 
 def _provenance(run: RunView, command: str | None) -> list[str]:
