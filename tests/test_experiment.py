@@ -85,21 +85,23 @@ def test_probe_reads_held_out_rows_of_base_and_every_trained_arm(finished: Path)
     report = (out / "report.md").read_text()
     assert "## Probing" in report and "probe/plots/probe_overlap.png" in report
     assert (out / "probe" / "plots" / "probe_overlap.png").stat().st_size > 1000
-    # its table: the standard-vs-variety online compression averaged over the varieties
-    # (computed here from probe.json), then the one probe over every variety
+    # its table: each standard-vs-variety metric averaged over the varieties (computed
+    # here from probe.json), then the online compression of one probe over every variety
     lines = report.split("## Probing", 1)[1].splitlines()
     head = next(ln for ln in lines if ln.startswith("| model |"))
     cells = [c.strip() for c in head.strip("|").split("|")]
-    assert cells[-2:] == ["online compression", "online compression (all)"]
+    assert cells == ["model", "layer", "overlap", "CKA", "mean angle °", "online compression",
+                     "online compression (all)"]  # fmt: skip
+    metrics = ("overlap", "cka", "angle_mean", "online_compression")
     for model, layers in probe["results"].items():
         for layer, entry in layers.items():
-            pairs = [entry[c]["online_compression"] for c in probe["varieties"]]
-            row = next(ln for ln in lines if ln.startswith(f"| {model} | {layer} |"))
-            got = [c.strip() for c in row.strip("|").split("|")][-2:]
-            assert got == [
-                f"{sum(pairs) / len(pairs):.3f}",
-                f"{entry['all']['online_compression']:.3f}",
+            means = [
+                sum(entry[c][m] for c in probe["varieties"]) / len(probe["varieties"])
+                for m in metrics
             ]
+            row = next(ln for ln in lines if ln.startswith(f"| {model} | {layer} |"))
+            got = [c.strip() for c in row.strip("|").split("|")][2:]
+            assert got == [f"{v:.3f}" for v in (*means, entry["all"]["online_compression"])]
 
 
 def _numbers(tree: object, prefix: str = "") -> dict[str, float]:

@@ -292,6 +292,9 @@ def _erasure_rows(run: RunView) -> list[list[str]]:
 
 
 PROBE_PLOTS = ("overlap", "cka", "angle_mean", "online_compression")
+#: the probing table's per-variety columns: metric in ``probe.json``, heading
+PROBE_COLUMNS = (("overlap", "overlap"), ("cka", "CKA"), ("angle_mean", "mean angle °"),
+                 ("online_compression", "online compression"))  # fmt: skip
 
 
 def _probing(run: RunView) -> list[str]:
@@ -317,11 +320,10 @@ def _probing(run: RunView) -> list[str]:
     for model, layers in data["results"].items():
         for la, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
             v = [entry[c] for c in data["varieties"] if c in entry]
-            vals = [mean_of([e.get(m) for e in v]) for m in PROBE_PLOTS]
+            vals = [mean_of([e.get(m) for e in v]) for m, _ in PROBE_COLUMNS]
             vals.append(entry.get("all", {}).get("online_compression"))
             rows.append([model, la, *map(fmt, vals)])
-    head = ["model", "layer", "overlap", "CKA", "mean angle °", "online compression",
-            "online compression (all)"]  # fmt: skip
+    head = ["model", "layer", *(h for _, h in PROBE_COLUMNS), "online compression (all)"]
     note = ("The standard against each variety, averaged over the varieties (online "
             "compression 1: no better than the class frequencies); `(all)`: one probe "
             "telling every variety apart:")  # fmt: skip
