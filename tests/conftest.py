@@ -118,6 +118,19 @@ def mini_config() -> str:
     return MINI_CONFIG
 
 
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory, corpora: Path) -> Path:
+    """:data:`MINI_CONFIG` run to its end once per session: ``FOLDER/mini.toml`` and the
+    run folder ``FOLDER/out``. Tests read it (or copy it) and never change ``out``."""
+    from vardecouple.experiment.config import load_config
+    from vardecouple.experiment.run import run_experiment
+
+    folder = tmp_path_factory.mktemp("mini-run")
+    (folder / "mini.toml").write_text(MINI_CONFIG)
+    run_experiment(load_config(folder / "mini.toml"), folder / "out", progress=False)
+    return folder
+
+
 def decoding_setup(test_rows: int, probe_rows: int = 20):
     """The spread tiny model on German–Low German, its splits, and the first ``test_rows``
     test examples' prompts and sources: what the decoding and erasure tests decode."""

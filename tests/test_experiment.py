@@ -24,11 +24,8 @@ pytestmark = pytest.mark.usefixtures("corpora")
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("run")
-    (folder / "mini.toml").write_text(MINI)
-    run_experiment(load_config(folder / "mini.toml"), folder / "out", progress=False)
-    return folder
+def finished(mini_run: Path) -> Path:
+    return mini_run
 
 
 def test_results_follow_the_schema_and_the_contract(finished: Path) -> None:

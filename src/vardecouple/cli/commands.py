@@ -133,6 +133,14 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_root=args.data_root).with_recorded_defaults(args.out)
     if args.rates_from is not None and not args.plan:
         raise ValueError("run: --rates-from goes with --plan")
+    if args.interim:
+        from vardecouple.experiment.interim import write_interim
+
+        if args.plan or args.overwrite or args.jobs > 1:
+            raise ValueError("run: --interim goes without --plan, --overwrite and --jobs")
+        report = write_interim(config, args.out, command=command_line())
+        print(f"interim: {report.parent / 'interim.json'}\nreport:  {report}")
+        return 0
     if args.plan:
         from vardecouple.experiment.plan import format_plan, measured_rates, plan_run
 

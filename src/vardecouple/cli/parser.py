@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print what is left to do and how long it should take; run nothing, write nothing",
     )
     r.add_argument(
+        "--interim",
+        action="store_true",
+        help="write OUT/interim.json, OUT/report.md and its plots from the arm × seed results "
+        "there so far (a run in progress, or stopped); train and decode nothing",
+    )
+    r.add_argument(
         "--rates-from",
         default=None,
         metavar="DIR",

@@ -33,6 +33,7 @@ from vardecouple.io import sha256_file
 from vardecouple.report.data import schema_problem
 
 __all__ = [
+    "compared_runs",
     "deltas_vs_matched",
     "deltas_vs_standard",
     "paired_deltas",
@@ -177,15 +178,18 @@ def deltas_vs_standard(
     *,
     n_samples: int = 1000,
     seed: int = 0,
+    planned: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """:func:`paired_deltas` of every arm against ``standard`` (empty without it)."""
+    """:func:`paired_deltas` of every arm against ``standard`` (empty without it);
+    ``planned``: see :func:`compared_runs`."""
     if "standard" not in runs:
         return {}
+    pairs = {arm: compared_runs(runs, arm, "standard", planned) for arm in runs}
     return {
-        arm: paired_deltas(arm, "standard", runs, refs, kinds, hypotheses,
+        arm: paired_deltas(arm, "standard", view, refs, kinds, hypotheses,
                            n_samples=n_samples, seed=seed)
-        for arm in runs
-        if arm != "standard"
+        for arm, view in pairs.items()
+        if arm != "standard" and view
     }  # fmt: skip
 
 
@@ -198,17 +202,38 @@ def deltas_vs_matched(
     *,
     n_samples: int = 1000,
     seed: int = 0,
+    planned: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """For each magnitude-matched arm (``matched[arm]`` = the arm it is matched to, its
     ``match_penalty_of``): :func:`paired_deltas` of that arm minus the matched one, e.g.
     ``decoupled`` − ``random-matched``: the probe's subspace against a random one penalised
-    as strongly at step 0."""
+    as strongly at step 0. ``planned``: see :func:`compared_runs`."""
+    pairs = {arm: compared_runs(runs, target, arm, planned) for arm, target in matched.items()}
     return {
         arm: {
-            "of": target,
-            "deltas": paired_deltas(target, arm, runs, refs, kinds, hypotheses,
+            "of": matched[arm],
+            "deltas": paired_deltas(matched[arm], arm, view, refs, kinds, hypotheses,
                                     n_samples=n_samples, seed=seed),
         }
-        for arm, target in matched.items()
-        if arm in runs and target in runs
+        for arm, view in pairs.items()
+        if view
     }  # fmt: skip
+
+
+def compared_runs(
+    runs: Mapping[str, Mapping[str, Any]],
+    a: str,
+    b: str,
+    planned: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Mapping[str, Any]]:
+    """The runs of arms ``a`` and ``b`` that their comparison uses ({} when one has none).
+
+    Without ``planned``, every seed of each. With ``planned`` (each arm's seeds in the
+    config; an interim record, made before every seed is there), two arms planned on the
+    same seeds keep the seeds both have finished, so that their delta compares like with
+    like; arms planned on other seeds (``base`` on the first one) keep every seed."""
+    view = {arm: runs.get(arm, {}) for arm in (a, b)}
+    if planned is not None and list(planned.get(a, ())) == list(planned.get(b, ())):
+        shared = [s for s in view[a] if s in view[b]]
+        view = {arm: {s: view[arm][s] for s in shared} for arm in (a, b)}
+    return view if all(view.values()) else {}

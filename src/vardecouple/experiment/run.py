@@ -22,22 +22,15 @@ from vardecouple import __version__
 from vardecouple.analysis.probe_file import merge_probes
 from vardecouple.analysis.probing import run_probe
 from vardecouple.data import Splits
-from vardecouple.evaluate.metrics import signatures
-from vardecouple.evaluate.scoring import decoding_record, direction_kinds, read_lines
 from vardecouple.experiment.arms import (
     load_base,
 )
+from vardecouple.experiment.collect import INTERIM, collect_results, resolved_config
 from vardecouple.experiment.config import ExperimentConfig, matches_recorded
 from vardecouple.experiment.context import RunContext, adapter_dir, check_inputs, has_adapter
-from vardecouple.experiment.evaluation import arm_tests, evaluate_arm_seed
+from vardecouple.experiment.evaluation import evaluate_arm_seed
 from vardecouple.experiment.jobs import run_parallel
-from vardecouple.experiment.results import (
-    deltas_vs_matched,
-    deltas_vs_standard,
-    provenance,
-    summarize,
-    validate_results,
-)
+from vardecouple.experiment.results import provenance
 from vardecouple.io import write_json_atomic, write_lines_atomic, write_text_atomic
 from vardecouple.report import write_report
 
@@ -138,7 +131,7 @@ def run_experiment(
 
     out = Path(out_dir)
     config = config.with_recorded_defaults(out)  # a folder keeps the defaults it began with
-    resolved = _resolved(config)
+    resolved = resolved_config(config)
     done_file = out / "results.json"
     started = time.perf_counter()
     # every check that can fail on the user's input runs before the first byte is written,
@@ -156,10 +149,9 @@ def run_experiment(
     context.out, context.progress = out, progress
     if overwrite and out.exists():
         shutil.rmtree(out)
-    splits, tests, ev = context.splits, context.tests, config.eval
+    splits = context.splits
     write_json_atomic(saved, resolved)
     write_text_atomic(out / "splits.txt", splits.describe() + "\n")
-    kinds = direction_kinds(list(tests), config.data.standard, config.data.varieties)
     if fresh:
         record = provenance(context.base.source, command)
         write_json_atomic(prov_file, record)
@@ -207,42 +199,10 @@ def run_experiment(
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
     }
-    refs = {d: [ex.tgt_text for ex in rows] for d, rows in tests.items()}
-
-    def hypotheses(arm: str, seed: str, d: str) -> list[str]:
-        n = len(arm_tests(config, arm, tests)[d])
-        return read_lines(out / runs[arm][seed]["metrics"][d]["hypotheses"], n)
-
-    boot = {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed}
-    deltas = deltas_vs_standard(runs, refs, kinds, hypotheses, **boot)
-    matched = {a: str(config.arm(a).match_penalty_of) for a in runs
-               if config.arm(a).match_penalty_of}  # fmt: skip
-    results = {
-        "schema_version": 1,
-        "config": resolved,
-        "provenance": record,
-        "signatures": signatures(),
-        "directions": {d: {"kind": kinds[d], "n": len(tests[d])} for d in tests},
-        "variety_identifier": context.identifier_info,
-        "bootstrap": {"n_samples": ev.bootstrap_samples, "seed": ev.bootstrap_seed},
-        "decoding": decoding_record(context.decoding, ev.shortlist, None),
-        "runs": runs,
-        "summary": summarize(runs, list(tests)),
-        "deltas": deltas,
-        "matched_deltas": deltas_vs_matched(matched, runs, refs, kinds, hypotheses, **boot),
-    }
-    if probe is not None:
-        results["probe"] = str(probe.relative_to(out))
-    validate_results(results)
-    write_json_atomic(done_file, results)
-
+    write_json_atomic(done_file, collect_results(config, context, out, runs, record, probe))
+    (out / INTERIM).unlink(missing_ok=True)  # what it said so far is superseded
     write_report(out, command=command)
     return done_file
-
-
-def _resolved(config: ExperimentConfig) -> dict[str, Any]:
-    """The config as a run folder records it (``config.json``): JSON values only."""
-    return json.loads(json.dumps(config.model_dump(exclude={"source", "data_root"})))
 
 
 def run_state(config: ExperimentConfig, out_dir: str | Path) -> str:
@@ -265,7 +225,7 @@ def run_state(config: ExperimentConfig, out_dir: str | Path) -> str:
         before = json.loads(saved.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         before = None
-    if not matches_recorded(before, _resolved(config)):
+    if not matches_recorded(before, resolved_config(config)):
         raise FileExistsError(
             f"run: {out} holds a run of a different config ({saved} differs); pass "
             "--overwrite to replace it, or choose another --out"

@@ -51,13 +51,16 @@ RESULT_TABLES = (
 Tables = list[dict[str, Any]]  # one overlap table {VARIETY: {own, reference}} per seed
 
 
-def load_results(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/results.json``, validated; ValueError (one line: the file, the first problem)."""
-    path = Path(run_dir) / "results.json"
+def load_results(run_dir: Path, name: str = "results.json") -> dict[str, Any]:
+    """``run_dir/NAME`` (``results.json``, or a run's ``interim.json``), validated;
+    ValueError (one line: the file, the first problem)."""
+    path = Path(run_dir) / name
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"report: {path}: no such file") from None
+        started = (Path(run_dir) / "config.json").is_file()  # a run not finished yet
+        hint = "; `vardecouple run CONFIG --out RUN_DIR --interim` reports what it has so far"
+        raise ValueError(f"report: {path}: no such file{hint if started else ''}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"report: {path}: not valid JSON: {exc}") from None
     problem = schema_problem(data)
@@ -97,8 +100,9 @@ def mean_of(xs: list[Any]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
+def fmt(x: float | None, digits: int = 3, sig: bool = False) -> str:
+    """``x`` with ``digits`` decimals, or significant digits (``sig``); "—" for None."""
+    return "—" if x is None else f"{x:.{digits}{'g' if sig else 'f'}}"
 
 
 def layer_key(layer: str) -> tuple[bool, int, str]:
@@ -205,3 +209,22 @@ class RunView:
                 for layer, table in layers.items():
                     out.setdefault(layer, {}).setdefault(step, []).append(table)
         return out
+
+
+def derived_from(res: dict[str, Any], name: str) -> str:
+    """The report's opening line: the record it is made from; for an interim one, what
+    it lacks and how its comparisons differ from the final record's."""
+    line = (f"Derived from `{name}` (schema version {res['schema_version']}); regenerate it "
+            "with `vardecouple report`.")  # fmt: skip
+    interim = res.get("interim")
+    if interim is None:
+        return line
+    missing = interim["missing"]
+    return (
+        f"**Interim report** of a run in progress ({interim['finished']} of "
+        f"{interim['planned']} arm × seed results), derived from `{name}` (schema version "
+        f"{res['schema_version']}); `vardecouple run … --interim` refreshes it, and the run "
+        "replaces it with the final report when it ends. "
+        f"Missing: {', '.join(missing[:12])}{' …' if len(missing) > 12 else ''}. Two arms "
+        "trained on the same seeds are compared on the seeds both have so far."
+    )

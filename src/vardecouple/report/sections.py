@@ -22,6 +22,7 @@ from vardecouple.report.data import (
     RESULT_TABLES,
     RunView,
     corpus_list,
+    derived_from,
     fmt,
     fmt_p,
     is_scalar,
@@ -217,7 +218,7 @@ def _overlap(run: RunView) -> list[str]:
             i, f = ini.get(la, []), fin.get(la, [])
             vals = [run.ovl(i, low), run.ovl(f, low), run.ovl(i, std), run.ovl(f, std)]
             ratios = [None if v is None or not chance else v / chance for v in (vals[1], vals[3])]
-            rows.append([arm, la, *map(fmt, vals), fmt(run.ovl(f, low, "own")),
+            rows.append([arm, la, *(fmt(v, sig=True) for v in [*vals, run.ovl(f, low, "own")]),
                          *(fmt(r, 2) for r in ratios)])  # fmt: skip
     erased = _erasure_rows(run)
     if not rows and not erased:
@@ -311,7 +312,7 @@ def _probing(run: RunView) -> list[str]:
         f"`vardecouple probe` of the base model and each trained arm (seed "
         f"{run.config.get('train', {}).get('seeds', [0])[0]}) on {data['rows']} held-out "
         f"rows per variety, rank {data['rank']}; `{rel}` has every metric (defined in "
-        "`vardecouple.analysis.probing`), `probe/plots/` one plot per metric.",
+        f"`vardecouple.analysis.probing`), `{folder}/plots/` one plot per metric.",
         "",
     ]
     out += [f"![{m}]({folder}/plots/probe_{m}.png)" for m in PROBE_PLOTS] + [""]
@@ -366,14 +367,17 @@ def _provenance(run: RunView, command: str | None) -> list[str]:
     return out + ([] if command is None else ["", f"Report written by `{command}`."])
 
 
-def write_report(run_dir: Path, command: str | None = None) -> Path:
-    """Write ``run_dir/report.md`` and ``run_dir/plots/*.png`` from ``results.json``.
+def write_report(
+    run_dir: Path, command: str | None = None, results_file: str = "results.json"
+) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/plots/*.png`` from ``results_file``
+    (``results.json``, or ``interim.json`` while the run goes on).
 
     Returns the report's path; ``command`` (the one making the report) is recorded in it.
-    Raises ValueError naming the file when results.json is missing or invalid.
+    Raises ValueError naming the file when it is missing or invalid.
     """
     run_dir = Path(run_dir)
-    run = RunView(run_dir, load_results(run_dir))
+    run = RunView(run_dir, load_results(run_dir, results_file))
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     title = "Outputs identified as the target variety (mean over seeds)"
@@ -387,12 +391,8 @@ def write_report(run_dir: Path, command: str | None = None) -> Path:
     plot_held_out_penalty(run, plots / PLOTS[5])
     bodies = [_setup(run), _results(run, captions), _significance(run), _overlap(run),
               _probing(run)]  # fmt: skip
-    lines = [
-        f"# vardecouple report: {run.config.get('name', 'experiment')}",
-        "",
-        f"Derived from `results.json` (schema version {run.res['schema_version']}); "
-        "regenerate it with `vardecouple report`.",
-    ]
+    name = run.config.get("name", "experiment")
+    lines = [f"# vardecouple report: {name}", "", derived_from(run.res, results_file)]
     for name, body in zip(SECTIONS, [*bodies, _provenance(run, command)], strict=True):
         lines += ["", f"## {name}", "", *body]
     path = run_dir / "report.md"
