@@ -127,7 +127,9 @@ def test_overlaps_keep_their_significant_digits(finished, tmp_path) -> None:
         for s in (0, 1)
     ]
     before = sum(r["overlap"]["initial"]["1"]["nds_Latn"]["reference"] for r in seeds) / 2
-    assert cells[2] == f"{before:.3g}"
+    after = sum(r["overlap"]["final"]["1"]["nds_Latn"]["reference"] for r in seeds) / 2
+    chance = seeds[0]["overlap"]["chance"]
+    assert cells[2] == f"{before:.3g}" and cells[7] == f"{after / chance:.2g}"
 
 
 def test_bad_uses_are_one_line_and_write_nothing(finished, tmp_path, capsys) -> None:

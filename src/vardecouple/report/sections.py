@@ -219,7 +219,7 @@ def _overlap(run: RunView) -> list[str]:
             vals = [run.ovl(i, low), run.ovl(f, low), run.ovl(i, std), run.ovl(f, std)]
             ratios = [None if v is None or not chance else v / chance for v in (vals[1], vals[3])]
             rows.append([arm, la, *(fmt(v, sig=True) for v in [*vals, run.ovl(f, low, "own")]),
-                         *(fmt(r, 2) for r in ratios)])  # fmt: skip
+                         *(fmt(r, 2, sig=True) for r in ratios)])  # fmt: skip
     erased = _erasure_rows(run)
     if not rows and not erased:
         return [*out, "No overlap tables in results.json (no trained arm recorded any)."]
