@@ -91,6 +91,8 @@ def test_a_missing_seed_is_listed_and_its_pairs_use_the_shared_seeds(finished, t
 
     report = (out / "report.md").read_text()
     assert "**Interim report**" in report and "Missing: decoupled seed 1." in report
+    again = _interim(config, out)  # a later session refreshes it
+    assert again["deltas"] == interim["deltas"] and again["runs"] == interim["runs"]
     assert "probe/interim/plots/probe_overlap.png" in report
     assert (out / "probe" / "interim" / "plots" / "probe_overlap.png").is_file()
     assert not (out / "probe" / "probe.json").exists()  # the run still merges its own

@@ -12,6 +12,7 @@ seed): a mean over different seeds would mix seed noise into the delta.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -87,4 +88,5 @@ def _interim_probe(config: ExperimentConfig, out: Path) -> Path | None:
     if not there:
         return None
     later = {p.parent.name: "not probed yet" for p in parts if not p.is_file()}
+    shutil.rmtree(folder / "interim", ignore_errors=True)  # the last interim's: redone
     return merge_probes(there, folder / "interim", not_probed=later)
