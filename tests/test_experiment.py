@@ -17,7 +17,8 @@ from vardecouple.experiment import evaluation as experiment
 from vardecouple.experiment import run as run_module
 from vardecouple.experiment.config import ConfigError, load_config
 from vardecouple.experiment.results import validate_results
-from vardecouple.experiment.run import run_experiment, run_schedule
+from vardecouple.experiment.run import run_experiment
+from vardecouple.experiment.schedule import run_schedule
 from vardecouple.report import PLOTS, SECTIONS
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -414,7 +415,7 @@ def test_a_folder_recorded_before_a_field_existed_still_matches(tmp_path: Path) 
     """A run folder whose config.json predates a field (here ``[train] report_to``) is the
     same run when the config leaves that field at its default; not when it sets it, and
     not when any recorded value differs."""
-    from vardecouple.experiment.run import run_state
+    from vardecouple.experiment.schedule import run_state
 
     (tmp_path / "mini.toml").write_text(MINI)
     config = load_config(tmp_path / "mini.toml")

@@ -128,7 +128,8 @@ def command_line() -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     from vardecouple.experiment.config import load_config
-    from vardecouple.experiment.run import run_experiment, run_state
+    from vardecouple.experiment.run import run_experiment
+    from vardecouple.experiment.schedule import run_state
 
     config = load_config(args.config, data_root=args.data_root).with_recorded_defaults(args.out)
     if args.rates_from is not None and not args.plan:
@@ -180,7 +181,7 @@ def power_command(args: argparse.Namespace) -> int:
         from vardecouple.evaluate.scoring import test_sets
         from vardecouple.experiment.arms import prepare_data
         from vardecouple.experiment.config import load_config
-        from vardecouple.experiment.run import run_state
+        from vardecouple.experiment.schedule import run_state
 
         config = load_config(args.config, data_root=args.data_root)
         config = config.with_recorded_defaults(args.run_dir)

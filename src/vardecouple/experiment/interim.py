@@ -14,29 +14,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from vardecouple.analysis.probe_file import merge_probes
 from vardecouple.experiment.collect import INTERIM, collect_results
 from vardecouple.experiment.config import ExperimentConfig
 from vardecouple.experiment.context import check_inputs
 from vardecouple.experiment.results import validate_results
-from vardecouple.experiment.run import arm_order, arm_seeds, run_state
+from vardecouple.experiment.schedule import arm_order, arm_seeds, finished_runs, run_state
 from vardecouple.io import write_json_atomic
 from vardecouple.report import write_report
 
-__all__ = ["finished_runs", "write_interim"]
-
-
-def finished_runs(config: ExperimentConfig, out: Path) -> dict[str, dict[str, Any]]:
-    """``runs[ARM][SEED]``: the ``eval.json`` of every finished arm × seed, in run order."""
-    runs: dict[str, dict[str, Any]] = {}
-    for arm in arm_order(config):
-        for seed in arm_seeds(config, arm):
-            path = out / "runs" / arm / f"seed-{seed}" / "eval.json"
-            if path.is_file():
-                runs.setdefault(arm, {})[str(seed)] = json.loads(path.read_text("utf-8"))
-    return runs
+__all__ = ["write_interim"]
 
 
 def write_interim(config: ExperimentConfig, out_dir: str | Path, command: str = "") -> Path:

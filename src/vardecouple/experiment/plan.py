@@ -23,7 +23,7 @@ from vardecouple.experiment.arms import prepare_data
 from vardecouple.experiment.config import ExperimentConfig
 from vardecouple.experiment.context import has_adapter
 from vardecouple.experiment.evaluation import arm_tests
-from vardecouple.experiment.run import run_schedule
+from vardecouple.experiment.schedule import run_schedule
 from vardecouple.train.checkpoint import has_checkpoint
 
 __all__ = ["PlanItem", "Rates", "format_plan", "measured_rates", "plan_run"]

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vardecouple import __version__
 from vardecouple.analysis.probe_file import merge_probes
 from vardecouple.analysis.probing import run_probe
 from vardecouple.data import Splits
@@ -26,74 +25,24 @@ from vardecouple.experiment.arms import (
     load_base,
 )
 from vardecouple.experiment.collect import INTERIM, collect_results, resolved_config
-from vardecouple.experiment.config import ExperimentConfig, matches_recorded
+from vardecouple.experiment.config import ExperimentConfig
 from vardecouple.experiment.context import RunContext, adapter_dir, check_inputs, has_adapter
 from vardecouple.experiment.evaluation import evaluate_arm_seed
 from vardecouple.experiment.jobs import run_parallel
 from vardecouple.experiment.results import provenance
+from vardecouple.experiment.schedule import (
+    arm_order,
+    arm_seeds,
+    finished_runs,
+    is_finished,
+    run_schedule,
+    run_state,
+    schedule_of,
+)
 from vardecouple.io import write_json_atomic, write_lines_atomic, write_text_atomic
 from vardecouple.report import write_report
 
-__all__ = [
-    "ORDERS",
-    "arm_order",
-    "arm_seeds",
-    "held_out_rows",
-    "run_experiment",
-    "run_schedule",
-    "run_state",
-    "schedule_of",
-]
-
-
-def arm_order(config: ExperimentConfig) -> list[str]:
-    """copy/base first, then trained arms, a matched arm after the arm it matches, then
-    the erase arms (they read a trained arm's adapters)."""
-    names = list(config.arms)
-    fixed = [a for a in names if config.arm(a).kind in ("copy", "base")]
-    plain = [
-        a for a in names if config.arm(a).kind == "train" and not config.arm(a).match_penalty_of
-    ]
-    matched = [a for a in names if config.arm(a).kind == "train" and a not in plain]
-    return fixed + plain + matched + [a for a in names if config.arm(a).kind == "erase"]
-
-
-def schedule_of(config: ExperimentConfig, arm: str) -> list[tuple[str, int]]:
-    """The arm × seed units of ``arm`` in the order a run makes them: each seed, followed
-    by that seed of every erase arm that reads this arm's adapters (``erase_on``)."""
-    erasing = [a for a in arm_order(config) if config.arm(a).erase_on == arm]
-    return [
-        unit
-        for seed in arm_seeds(config, arm)
-        for unit in [(arm, seed), *((e, seed) for e in erasing if seed in arm_seeds(config, e))]
-    ]
-
-
-#: How a run orders its arm × seed results: every seed of one arm, then the next arm
-#: (``arm``), or every arm with one seed, then the next seed (``seed``: a run stopped
-#: part-way has every comparison on its first seeds). Either gives the same numbers.
-ORDERS = ("arm", "seed")
-
-
-def run_schedule(config: ExperimentConfig, order: str = "arm") -> list[tuple[str, int]]:
-    """Every arm × seed of ``config`` in the order :func:`run_experiment` makes them."""
-    if order not in ORDERS:
-        raise ValueError(f"run: order {order!r} is not one of {', '.join(ORDERS)}")
-    arms = [a for a in arm_order(config) if not config.arm(a).erase_on]
-    if order == "arm":
-        return [unit for arm in arms for unit in schedule_of(config, arm)]
-    return [
-        unit for seed in config.train.seeds for arm in arms
-        for unit in schedule_of(config, arm) if unit[1] == seed
-    ]  # fmt: skip
-
-
-def arm_seeds(config: ExperimentConfig, arm: str) -> list[int]:
-    """Every seed for trained arms and erasure on them; the first for the others."""
-    settings = config.arm(arm)
-    if settings.kind == "train" or (settings.kind == "erase" and settings.erase_on):
-        return list(config.train.seeds)
-    return list(config.train.seeds[:1])
+__all__ = ["held_out_rows", "run_experiment"]
 
 
 def run_experiment(
@@ -157,10 +106,9 @@ def run_experiment(
         write_json_atomic(prov_file, record)
     else:
         record = json.loads(prov_file.read_text())
-    runs: dict[str, dict[str, Any]] = {}
     order = arm_order(config)
     total = sum(len(arm_seeds(config, a)) for a in order)
-    done = [(a, s) for a in order for s in arm_seeds(config, a) if _finished(out, a, s)]
+    done = [(a, s) for a in order for s in arm_seeds(config, a) if is_finished(out, a, s)]
     say = _reporter(out, progress, total, len(done))
     say(None, None, f"{total} arm × seed results to make in {out}, {len(done)} already there")
 
@@ -169,13 +117,13 @@ def run_experiment(
         the other jobs go on (not once all of them are done: a session may end first)."""
         say(arm, seed)
         for unit in schedule_of(config, arm):
-            if unit[0] != arm and unit[1] == seed and not _finished(out, *unit):
+            if unit[0] != arm and unit[1] == seed and not is_finished(out, *unit):
                 evaluate_arm_seed(context, *unit)
                 say(*unit)
 
     for arm, seed in run_schedule(config, order_by):
         if jobs > 1 and config.arm(arm).kind == "train":  # its seeds at once, at the first
-            todo = [s for s in arm_seeds(config, arm) if not _finished(out, arm, s)]
+            todo = [s for s in arm_seeds(config, arm) if not is_finished(out, arm, s)]
             if len(todo) > 1 and seed == todo[0]:
                 say(None, None, f"{arm}: seeds {', '.join(map(str, todo))} in {jobs} processes")
                 run_parallel(config, out, arm, todo, jobs, on_done=lambda s, a=arm:
@@ -183,16 +131,13 @@ def run_experiment(
         # what reads an adapter comes right after it is made (the erase arms follow their
         # arm's seed in the schedule): adapters are not kept with a run's results, so a
         # later session may not find them
-        if not _finished(out, arm, seed):
+        if not is_finished(out, arm, seed):
             evaluate_arm_seed(context, arm, seed)
             say(arm, seed)
         first = config.train.seeds[0]
         if config.probe is not None and config.arm(arm).kind == "train" and seed == first:
             _probe_part(config, context, out, arm)
-    for arm in order:
-        for seed in arm_seeds(config, arm):
-            finished = out / "runs" / arm / f"seed-{seed}" / "eval.json"
-            runs.setdefault(arm, {})[str(seed)] = json.loads(finished.read_text())
+    runs = finished_runs(config, out)  # every one of them, now
     context.base = None
     probe = _probe(config, context, out) if config.probe is not None else None
     record = record | {
@@ -203,41 +148,6 @@ def run_experiment(
     (out / INTERIM).unlink(missing_ok=True)  # what it said so far is superseded
     write_report(out, command=command)
     return done_file
-
-
-def run_state(config: ExperimentConfig, out_dir: str | Path) -> str:
-    """``new``, ``partial`` (a started run of this config: it resumes) or ``finished``.
-
-    A folder holding a run of another config or another vardecouple version, or files
-    that are no run, raises :class:`FileExistsError` (one line naming what to do)."""
-
-    out = Path(out_dir)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return "new"
-    if not out.is_dir():
-        raise FileExistsError(f"run: --out {out} is a file; choose a folder")
-    saved, prov = out / "config.json", out / "provenance.json"
-    if not saved.is_file():
-        raise FileExistsError(
-            f"run: {out} is not empty and holds no run (no config.json); choose another --out"
-        )
-    try:
-        before = json.loads(saved.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        before = None
-    if not matches_recorded(before, resolved_config(config)):
-        raise FileExistsError(
-            f"run: {out} holds a run of a different config ({saved} differs); pass "
-            "--overwrite to replace it, or choose another --out"
-        )
-    if prov.is_file():
-        version = json.loads(prov.read_text(encoding="utf-8")).get("vardecouple")
-        if version != __version__:
-            raise FileExistsError(
-                f"run: {out} holds a run of vardecouple {version} (this is {__version__}); "
-                "pass --overwrite to replace it, or choose another --out"
-            )
-    return "finished" if (out / "results.json").is_file() else "partial"
 
 
 def _check_overwrite(out: Path) -> None:
@@ -257,11 +167,6 @@ def held_out_rows(splits: Splits, codes: list[str]) -> dict[str, list[str]]:
         row.setdefault(ex.tgt, ex.tgt_text)
     rows = [r for _, r in sorted(groups.items()) if all(c in r for c in codes)]
     return {c: [r[c] for r in rows] for c in codes}
-
-
-def _finished(out: Path, arm: str, seed: int) -> bool:
-    """Whether this arm × seed has its result (``eval.json``): never recomputed."""
-    return (out / "runs" / arm / f"seed-{seed}" / "eval.json").exists()
 
 
 def _probe_rows(config: ExperimentConfig, ctx: RunContext, out: Path) -> int:
