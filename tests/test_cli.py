@@ -1,5 +1,6 @@
 """The console script: help, version, the planted self-check, one-line errors."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -21,6 +22,19 @@ def test_help_and_version() -> None:
     assert out.returncode == 0 and "planted" in out.stdout
     out = _run("--version")
     assert out.returncode == 0 and out.stdout.startswith("vardecouple ")
+
+
+def test_every_help_prints_its_text_as_written() -> None:
+    """argparse %-formats a flag's or a sub-command's ``help`` but not a ``description``:
+    a ``%%`` typed in the one for the other is printed as is (it was, in ``power``)."""
+    from vardecouple.cli.parser import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    pages = [parser.format_help(), *(p.format_help() for p in commands.choices.values())]
+    assert len(pages) == 1 + len(commands.choices) >= 9
+    for page in pages:
+        assert "%%" not in page, page
 
 
 def test_planted_recovers_the_standard_subspace(capsys) -> None:

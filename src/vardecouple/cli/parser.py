@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "power",
         help="test sentences per direction a comparison needs for a given 95%% interval",
         description="From one seed of two finished arms in a run folder: the paired "
-        "bootstrap's 95%% interval of their chrF++ delta (means over the directions into the "
+        "bootstrap's 95% interval of their chrF++ delta (means over the directions into the "
         "varieties and into the standard) and the sentences per direction that narrow it to "
         "±TARGET (n·(h/target)², the interval shrinking as 1/√n).",
     )
