@@ -144,6 +144,24 @@ class RunView:
         self.standard = self.data.get("standard") or (into_std[0] if into_std else None)
         self.varieties = self.data.get("varieties") or sorted({d.split("->")[-1] for d in low})
         self.colors = {a: f"C{i % 10}" for i, a in enumerate(self.arms)}
+        # each seed fits its own U₀ (different starting overlaps and penalties): while
+        # trained arms have different seeds (an interim run), their training records are
+        # averaged over the seeds all of them have, so that every arm starts from the same U₀
+        sets = [set(self.runs[a]) for a in self.trained()]
+        shared = set.intersection(*sets) if sets else set()
+        uneven = shared and any(s != shared for s in sets)
+        self.mechanism_seeds = sorted(shared, key=int) if uneven else None
+
+    def over_seeds(self, short: bool = False) -> str:
+        """How the training records are averaged over seeds, in words."""
+        seeds = self.mechanism_seeds
+        if seeds is None:
+            return "mean over seeds"
+        many = "s" if len(seeds) > 1 else ""
+        said = f"mean over seed{many} {', '.join(seeds)}"
+        if short:
+            return f"{said}, which every arm has so far"
+        return f"{said} (the seed{many} every trained arm has so far: each seed fits its own U₀)"
 
     def kind(self, arm: str) -> str:
         return next((r["kind"] for r in self.runs.get(arm, {}).values()), "—")
@@ -169,9 +187,14 @@ class RunView:
             a for a in self.arms if any(r.get("overlap") for r in self.runs.get(a, {}).values())
         ]
 
+    def _seeds(self, arm: str) -> list[tuple[str, dict[str, Any]]]:
+        """The arm's results whose training records are averaged (:attr:`mechanism_seeds`)."""
+        keep = self.mechanism_seeds
+        return [(s, r) for s, r in self.runs.get(arm, {}).items() if keep is None or s in keep]
+
     def tables(self, arm: str, which: str) -> dict[str, Tables]:
         out: dict[str, Tables] = {}
-        for r in self.runs.get(arm, {}).values():
+        for _, r in self._seeds(arm):
             for layer, table in (r.get("overlap") or {}).get(which, {}).items():
                 out.setdefault(layer, []).append(table)
         return out
@@ -186,7 +209,7 @@ class RunView:
         """layer → step → the refreshes' ``key`` records (one per seed; overlap tables by
         default, or ``held_out_penalty``), from the train logs."""
         out: dict[str, dict[int, Tables]] = {}
-        for seed, r in self.runs.get(arm, {}).items():
+        for seed, r in self._seeds(arm):
             rel = (r.get("overlap") or {}).get("by_step")
             path = self.dir / rel if rel else None
             if path is not None and not path.is_file():  # a bare file name: the run's folder

@@ -204,7 +204,8 @@ def plot_overlap_step(run: RunView, path: Path) -> None:
         [("low", "-", "low-resource (mean)"), ("standard", "--", f"standard ({run.standard})")],
         ylabel="reference overlap",
         empty="no refresh records in the train logs",
-        title="Overlap with the frozen reference subspace U₀ during training (mean over seeds)",
+        title="Overlap with the frozen reference subspace U₀ during training "
+        f"({run.over_seeds(short=True)})",
         path=path,
     )
 
@@ -225,7 +226,8 @@ def plot_held_out_penalty(run: RunView, path: Path) -> None:
         [("reference", "-", "under U₀ (frozen)"), ("previous", ":", "under the U trained against")],
         ylabel="held-out penalty",
         empty="no held-out penalty in the train logs",
-        title="The penalty on held-out probe tokens at each refresh (mean over seeds)",
+        title="The penalty on held-out probe tokens at each refresh "
+        f"({run.over_seeds(short=True)})",
         path=path,
     )
 
@@ -256,7 +258,8 @@ def plot_overlap_layer(run: RunView, path: Path) -> None:
         ax.set(
             xlabel="probed layer",
             ylabel="reference overlap (low-resource mean)",
-            title="Reference overlap before (light) and after (dark) fine-tuning",
+            title="Reference overlap before (light) and after (dark) fine-tuning"
+            + ("" if run.mechanism_seeds is None else f" ({run.over_seeds(short=True)})"),
         )
         handles = [Patch(color=run.colors[a], label=a) for a in arms]
         handles += [

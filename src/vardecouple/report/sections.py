@@ -202,7 +202,7 @@ def _overlap(run: RunView) -> list[str]:
         "Overlap = Σ‖U₀ᵀ(h−c)‖² / Σ‖h−c‖² over a variety's held-out probe token states h: "
         "the share of their energy around the centre c inside the frozen reference subspace "
         "U₀ fitted on the base model (vardecouple's docs/method.md); varieties averaged, "
-        "then seeds. "
+        f"then the {run.over_seeds()}. "
         "Before = initial (step 0), after = final.",
         "",
         "![overlap by step](plots/overlap_by_step.png)",
@@ -269,7 +269,7 @@ def _penalty_rows(run: RunView) -> list[str]:
             "new U at the end"]  # fmt: skip
     return ["What the penalty minimises: its mean over the held-out probe tokens (the "
             "configured form, e.g. ‖Uᵀh‖), under the frozen U₀, under the U training pushed "
-            "against until the last refresh, and under the U fitted then (mean over seeds).",
+            f"against until the last refresh, and under the U fitted then ({run.over_seeds()}).",
             "", md_table(head, rows), "", *plot]  # fmt: skip
 
 
