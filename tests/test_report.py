@@ -204,6 +204,27 @@ def test_report_sections_and_plots(run_dir: Path) -> None:
     assert "Report written by `vardecouple report runs/x`" in text
 
 
+def test_provenance_times_a_resumed_run_as_a_whole(run_dir: Path) -> None:
+    """A run resumed over several processes records the last one's wall time; the report
+    says so, and gives the sum of every arm × seed's training and decoding time beside it."""
+    res = json.loads((run_dir / "results.json").read_text())
+    res["provenance"]["wall_seconds"] = 200.0  # the last process: one unit of many
+    (run_dir / "results.json").write_text(json.dumps(res))
+    summed = sum(
+        r["train_seconds"] + r["eval_seconds"]
+        for seeds in res["runs"].values()
+        for r in seeds.values()
+    )
+    assert summed > 200.0
+    section = _section(write_report(run_dir).read_text(), "Provenance")
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines()]
+    rows = {c[0]: c[1] for c in cells if len(c) == 2}
+    assert rows["wall time of the process that finished it"] == "200 s (0.06 h)"
+    summed_row = rows["training and decoding, summed over the arm × seed results"]
+    assert summed_row == f"{summed:.0f} s ({summed / 3600:.2f} h)"
+    assert "wall time" not in rows  # the old label, read as the whole run's
+
+
 def test_tables_carry_the_numbers(run_dir: Path) -> None:
     res = json.loads((run_dir / "results.json").read_text())
     text = write_report(run_dir).read_text()

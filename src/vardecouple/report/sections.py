@@ -336,32 +336,20 @@ def _provenance(run: RunView, command: str | None) -> list[str]:
     keys = "vardecouple torch transformers peft sacrebleu git_sha machine started finished"
     rows = [[k, f"`{prov[k]}`"] for k in keys.split() if prov.get(k) is not None]
     rows += [[k, f"`{v}`"] for k, v in (prov.get("versions") or {}).items()]
-    if "wall_seconds" in prov:
-        rows.append(
-            ["wall time", f"{prov['wall_seconds']:.0f} s ({prov['wall_seconds'] / 3600:.2f} h)"]
-        )
+    units = [[a, s, r] for a, seeds in run.runs.items() for s, r in seeds.items()]
+    summed = sum(r["train_seconds"] + r["eval_seconds"] for _, _, r in units)
+    for label, sec in [
+        ("wall time of the process that finished it", prov.get("wall_seconds")),
+        ("training and decoding, summed over the arm × seed results", summed),
+    ]:
+        if sec is not None:  # a resumed run's wall time is its last process's only
+            rows.append([label, f"{sec:.0f} s ({sec / 3600:.2f} h)"])
     runs = [
-        [
-            a,
-            s,
-            str(r["steps"]),
-            f"{r['train_seconds']:.0f}",
-            f"{r['eval_seconds']:.0f}",
-            r["checkpoint"],
-        ]
-        for a, seeds in run.runs.items()
-        for s, r in seeds.items()
-    ]
-    out = [
-        md_table(["item", "value"], rows),
-        "",
-        "Command:",
-        "",
-        "```",
-        prov["command"],
-        "```",
-        "",
-    ]
+        [a, s, str(r["steps"]), f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}",
+         r["checkpoint"]]
+        for a, s, r in units
+    ]  # fmt: skip
+    out = [md_table(["item", "value"], rows), "", "Command:", "", "```", prov["command"], "```", ""]
     head = ["arm", "seed", "steps", "train s", "eval s", "checkpoint (step, why)"]
     out.append(md_table(head, runs) if runs else "No runs in results.json.")
     return out + ([] if command is None else ["", f"Report written by `{command}`."])
