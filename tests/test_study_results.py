@@ -4,8 +4,8 @@
 and 95% interval of each decoupling arm against ``standard`` and against its
 magnitude-matched random control. These tests read those numbers from the page and
 compare them with the committed ``studies/<family>/results.json`` and, for Finnic and
-Arabic, with a bootstrap recomputed here from the committed hypotheses and the
-references rebuilt from the corpora (independent of the run that wrote the record)."""
+Arabic, with ``vardecouple power``'s bootstrap of the committed hypotheses (independent
+of the run that wrote the record)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vardecouple.analysis.power import estimate_power
-from vardecouple.evaluate import scoring
-from vardecouple.experiment.arms import prepare_data
+from vardecouple.cli import main
 from vardecouple.experiment.config import load_config
 
 pytestmark = pytest.mark.usefixtures("corpora")
@@ -84,20 +82,18 @@ def test_the_published_deltas_are_the_committed_results(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["finnic", "arabic"])
-def test_the_headline_recomputed_from_the_committed_hypotheses(family: str) -> None:
-    """The headline comparison, bootstrapped again here over every seed from the
-    committed hypotheses and references rebuilt from the corpora, gives the record's
-    delta, interval and p-value."""
+def test_the_headline_recomputed_from_the_committed_hypotheses(family: str, capsys) -> None:
+    """The headline comparison, bootstrapped again by ``vardecouple power --all-seeds``
+    from the committed hypotheses (references rebuilt from the corpora by ``--config``),
+    gives the record's delta, interval and p-value."""
     config_name, _ = FAMILIES[family]
     folder = ROOT / "studies" / family
     record = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    c = load_config(ROOT / "examples" / config_name)
-    tests = scoring.test_sets(prepare_data(c), c.eval.max_examples, c.eval_directions())
-    refs = {d: [ex.tgt_text for ex in rows] for d, rows in tests.items()}
-    estimates = estimate_power(
-        folder, "decoupled", "random-matched", all_seeds=True, references=refs
-    )
-    got = {e.group: e for e in estimates}["mean_low_resource"]
+    args = ["power", str(folder), "--config", str(ROOT / "examples" / config_name),
+            "--compare", "decoupled", "random-matched", "--all-seeds", "--json"]  # fmt: skip
+    assert main(args) == 0
+    got = {e["group"]: e for e in json.loads(capsys.readouterr().out)}["mean_low_resource"]
     want = record["matched_deltas"]["random-matched"]["deltas"]["mean_low_resource"]["chrf++"]
-    assert got.delta == pytest.approx(want["delta"], abs=1e-9)
-    assert got.p_value == pytest.approx(want["p_value"], abs=1e-9)
+    assert got["delta"] == pytest.approx(want["delta"], abs=1e-9)
+    assert got["half_width"] == pytest.approx((want["ci95"][1] - want["ci95"][0]) / 2, abs=1e-9)
+    assert got["p_value"] == pytest.approx(want["p_value"], abs=1e-9)
